@@ -1,0 +1,3 @@
+from fraudq.cli import main
+
+main()

@@ -1,0 +1,142 @@
+"""Building the calibration set: chat-template text, truncated token ids, written once and reused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from fraudq import prompts
+from fraudq.atomic import atomic_write_json, atomic_write_text, check_writable
+from fraudq.config import Config
+from fraudq.data import Row, read_jsonl
+from fraudq.errors import BadInput
+from fraudq.modelio import inspect_model, load_tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Token ids are only meaningful for the tokenizer that made them; quantize checks this."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha256(vocab.encode()).hexdigest()
+
+
+def meta_path(calib_path: Path) -> Path:
+    return calib_path.with_name(calib_path.name + ".meta.json")
+
+
+def row_messages(row: Row, default_instruction: str) -> list[dict]:
+    if row.messages is not None:
+        return row.messages
+    instruction = row.instruction if row.instruction is not None else default_instruction
+    return prompts.labelled_calib_messages(instruction, row.input, row.label)
+
+
+def is_empty(row: Row) -> bool:
+    if row.messages is not None:
+        return not any(m["content"].strip() for m in row.messages)
+    return not row.input.strip()
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def build_calibration(cfg: Config, data: str, out: Path, force: bool = False, skip_invalid: bool = False,
+                      log=print) -> dict:
+    if cfg.max_len < 1:
+        raise BadInput(f"--max-len must be at least 1, got {cfg.max_len}")
+    if cfg.calib_n < 0:
+        raise BadInput(f"--n must be 0 (all rows) or positive, got {cfg.calib_n}")
+    check_writable(out, force)
+    dataset = read_jsonl(data, need_label=True, skip_invalid=skip_invalid)
+    info = inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
+    tokenizer = load_tokenizer(info, cfg.trust_remote_code)
+
+    empty = duplicate = 0
+    seen: set[str] = set()
+    texts: list[str] = []
+    for row in dataset.rows:
+        if is_empty(row):
+            empty += 1
+            continue
+        text = prompts.render(tokenizer, row_messages(row, cfg.instruction), add_generation_prompt=False)
+        if text in seen:
+            duplicate += 1
+            continue
+        seen.add(text)
+        texts.append(text)
+
+    not_sampled = 0
+    if cfg.calib_n and cfg.calib_n < len(texts):
+        keep = sorted(random.Random(cfg.seed).sample(range(len(texts)), cfg.calib_n))
+        not_sampled = len(texts) - len(keep)
+        texts = [texts[i] for i in keep]
+
+    # The chat template already holds every special token, so the tokenizer must not add more.
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    full_lengths = [len(ids) for ids in encoded]
+    token_ids = [ids[: cfg.max_len] for ids in encoded]
+    lengths = sorted(len(ids) for ids in token_ids)
+    stats = {
+        "rows_read": len(dataset.rows) + dataset.skipped,
+        "rows_kept": len(token_ids),
+        "dropped": {"invalid": dataset.skipped, "empty": empty, "duplicate": duplicate, "not_sampled": not_sampled},
+        "format": dataset.format,
+        "tokens": {
+            "total": sum(lengths),
+            "mean": round(sum(lengths) / len(lengths), 1),
+            "p50": percentile(lengths, 0.5),
+            "p99": percentile(lengths, 0.99),
+            "max": lengths[-1],
+        },
+        "truncated": sum(n > cfg.max_len for n in full_lengths),
+    }
+    meta = {
+        "stats": stats,
+        "data_sha256": dataset.sha256,
+        "model": str(info.path),
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+        "n": cfg.calib_n,
+        "max_len": cfg.max_len,
+        "seed": cfg.seed,
+    }
+    body = "".join(json.dumps({"input_ids": ids}) + "\n" for ids in token_ids)
+    atomic_write_text(out, body)
+    atomic_write_json(meta_path(out), meta)
+    log(format_stats(stats, out))
+    return meta
+
+
+def format_stats(stats: dict, out: Path) -> str:
+    dropped = ", ".join(f"{k} {v}" for k, v in stats["dropped"].items())
+    tokens = stats["tokens"]
+    return (
+        f"calibration set: {stats['rows_read']} rows read ({stats['format']}), {stats['rows_kept']} kept; "
+        f"dropped: {dropped}\n"
+        f"tokens per row: mean {tokens['mean']}, p50 {tokens['p50']}, p99 {tokens['p99']}, max {tokens['max']}; "
+        f"{stats['truncated']} truncated; {tokens['total']} tokens in all\n"
+        f"written to {out}"
+    )
+
+
+def read_calibration(path: Path) -> tuple[list[list[int]], dict]:
+    """Token ids plus the metadata written beside them; a damaged file is a one-line error."""
+    if not path.is_file():
+        raise BadInput(f"calibration file {path} does not exist; run 'fraudq calib' first")
+    if not meta_path(path).is_file():
+        raise BadInput(f"{path} has no {meta_path(path).name} beside it; rebuild it with 'fraudq calib'")
+    rows = []
+    try:
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            ids = json.loads(line)["input_ids"]
+            if not ids or not all(isinstance(i, int) and i >= 0 for i in ids):
+                raise ValueError("bad token ids")
+            rows.append(ids)
+        meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise BadInput(f"{path} is damaged (line {len(rows) + 1}); rebuild it with 'fraudq calib'") from None
+    if not rows:
+        raise BadInput(f"calibration file {path} is empty; rebuild it with 'fraudq calib'")
+    return rows, meta

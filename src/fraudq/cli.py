@@ -1,0 +1,206 @@
+"""The command line: parse flags, build the config, call one library function per subcommand."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fraudq.config import build_config
+from fraudq.errors import BadInput
+from fraudq.modelio import setup_environment
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Shrink a fine-tuned chat LLM classifier with GPTQ and measure what it cost.")
+
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (see configs/default.toml).")]
+Model = Annotated[Optional[str], typer.Option("--model", help="Local model folder (default: the config's model).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+TrustRemoteCode = Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run code shipped in the checkpoint.")]
+AllowPickle = Annotated[Optional[bool], typer.Option("--allow-pickle", help="Load pickle (.bin/.pt) weights.")]
+SkipInvalid = Annotated[bool, typer.Option("--skip-invalid", help="Skip bad rows and report how many, instead of stopping.")]
+Device = Annotated[Optional[str], typer.Option("--device", help="cuda or cpu (default: auto).")]
+
+
+def friendly_errors(command):
+    """Bad input ends in one line and exit 2; Ctrl-C in exit 130; nothing ends in a raw traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        setup_environment()
+        try:
+            return command(*args, **kwargs)
+        except BadInput as exc:
+            typer.echo(f"fraudq: error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("fraudq: interrupted; nothing partial was left behind", err=True)
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug in fraudq or a library: one line, details on request
+            if os.environ.get("FRAUDQ_DEBUG"):
+                traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            typer.echo(f"fraudq: failed: {type(exc).__name__}: {first[:300]} (set FRAUDQ_DEBUG=1 for details)",
+                       err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def config_from(config_file, **flags):
+    return build_config(config_file, overrides=flags)
+
+
+@app.command()
+@friendly_errors
+def config(config_file: ConfigFile = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False):
+    """Print the effective config (defaults < --config < FRAUDQ_* variables)."""
+    cfg = config_from(config_file)
+    if as_json:
+        typer.echo(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
+        return
+    for key, value in cfg.to_dict().items():
+        typer.echo(f"{key} = {json.dumps(value, ensure_ascii=False)}")
+
+
+@app.command()
+@friendly_errors
+def load(model: Annotated[str, typer.Argument(help="Local model folder.")],
+         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+         device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
+         trust_remote_code: TrustRemoteCode = None, allow_pickle: AllowPickle = None,
+         config_file: ConfigFile = None):
+    """Load a checkpoint (fp16/bf16/fp32 or GPTQ) and print a summary."""
+    from fraudq.modelio import describe
+
+    cfg = config_from(config_file, device=device, backend=backend, trust_remote_code=trust_remote_code,
+                      allow_pickle=allow_pickle)
+    info = describe(cfg, model)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        typer.echo(f"{key:>14}: {value}")
+
+
+@app.command()
+@friendly_errors
+def calib(data: Annotated[Optional[str], typer.Option("--data", help="JSONL: chat or labelled rows.")] = None,
+          out: Annotated[Optional[Path], typer.Option("--out", help="Calibration file (default: <work_dir>/calib.jsonl).")] = None,
+          n: Annotated[Optional[int], typer.Option("--n", help="Rows to sample (0 = all).")] = None,
+          max_len: Annotated[Optional[int], typer.Option("--max-len", help="Truncate each row to this many tokens.")] = None,
+          seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+          model: Model = None, force: Force = False, skip_invalid: SkipInvalid = False,
+          trust_remote_code: TrustRemoteCode = None, config_file: ConfigFile = None):
+    """Build the calibration set through the model's chat template."""
+    from fraudq.calib import build_calibration
+
+    cfg = config_from(config_file, model=model, calib_n=n, max_len=max_len, seed=seed, calib_file=out,
+                      calib_data=data, trust_remote_code=trust_remote_code)
+    require(cfg.calib_data, "--data (or calib_data in the config)")
+    require(cfg.model, "--model (or model in the config)")
+    build_calibration(cfg, cfg.calib_data, cfg.calib_path, force=force, skip_invalid=skip_invalid, log=typer.echo)
+
+
+@app.command()
+@friendly_errors
+def quantize(bits: Annotated[int, typer.Option("--bits", help="2, 3, 4 or 8.")],
+             model: Model = None,
+             calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration file from 'fraudq calib'.")] = None,
+             out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: <work_dir>/int<bits>).")] = None,
+             group_size: Annotated[Optional[int], typer.Option("--group-size")] = None,
+             damp: Annotated[Optional[float], typer.Option("--damp")] = None,
+             desc_act: Annotated[Optional[bool], typer.Option("--desc-act/--no-desc-act")] = None,
+             sym: Annotated[Optional[bool], typer.Option("--sym/--no-sym")] = None,
+             true_sequential: Annotated[Optional[bool], typer.Option("--true-sequential/--no-true-sequential")] = None,
+             static_groups: Annotated[Optional[bool], typer.Option("--static-groups/--no-static-groups")] = None,
+             batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Calibration rows per forward.")] = None,
+             device: Device = None, force: Force = False, trust_remote_code: TrustRemoteCode = None,
+             config_file: ConfigFile = None):
+    """GPTQ-quantize the model with GPTQModel and write a checkpoint plus quant_report.json."""
+    from fraudq.quantize import quantize_model
+
+    cfg = config_from(config_file, model=model, calib_file=calib, group_size=group_size, damp=damp,
+                      desc_act=desc_act, sym=sym, true_sequential=true_sequential, static_groups=static_groups,
+                      quant_batch_size=batch_size, device=device, trust_remote_code=trust_remote_code)
+    require(cfg.model, "--model (or model in the config)")
+    quantize_model(cfg, bits, cfg.calib_path, out or cfg.quant_dir(bits), force=force, log=typer.echo)
+
+
+@app.command(name="eval")
+@friendly_errors
+def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="Model folder to evaluate.")] = None,
+                 data: Annotated[Optional[str], typer.Option("--data", help="Labelled test JSONL.")] = None,
+                 mode: Annotated[Optional[str], typer.Option("--mode", help="score or generate.")] = None,
+                 batch_size: Annotated[Optional[str], typer.Option("--batch-size", help="Rows per batch, or auto.")] = None,
+                 limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N rows only.")] = None,
+                 out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (predictions go beside it).")] = None,
+                 device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
+                 skip_invalid: SkipInvalid = False, trust_remote_code: TrustRemoteCode = None,
+                 allow_pickle: AllowPickle = None, config_file: ConfigFile = None):
+    """Evaluate a model: confusion counts, precision, recall, F1, AUC, throughput."""
+    from fraudq.compare import results_name
+    from fraudq.evaluate import evaluate_model
+
+    cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, device=device,
+                      backend=backend, test_data=data, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    model = model or cfg.model
+    require(model, "--model")
+    require(cfg.test_data, "--data (or test_data in the config)")
+    target = out or cfg.eval_results_path(results_name(cfg, model))
+    with tqdm_progress("eval", cfg) as progress:
+        evaluate_model(cfg, model, cfg.test_data, target, skip_invalid=skip_invalid, log=typer.echo,
+                       progress=progress)
+
+
+@app.command(name="compare")
+@friendly_errors
+def compare_command(names: Annotated[list[str], typer.Argument(help="fp16, int8, int4, or model folders / results files.")],
+                    data: Annotated[Optional[str], typer.Option("--data", help="Labelled test JSONL.")] = None,
+                    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for compare.json / compare.md.")] = None,
+                    examples: Annotated[int, typer.Option("--examples", help="Print N flipped rows per model.")] = 0,
+                    plot: Annotated[Optional[Path], typer.Option("--plot", help="Folder for PNG plots.")] = None,
+                    model: Model = None, mode: Annotated[Optional[str], typer.Option("--mode")] = None,
+                    limit: Annotated[Optional[int], typer.Option("--limit")] = None,
+                    device: Device = None, config_file: ConfigFile = None):
+    """Compare models against the unquantized baseline, evaluating where no current result exists."""
+    from fraudq.compare import compare
+
+    cfg = config_from(config_file, model=model, test_data=data, mode=mode, limit=limit, device=device)
+    compare(cfg, names, cfg.test_data or None, out or cfg.work_path / "compare", examples=examples,
+            plot_dir=plot, log=typer.echo)
+
+
+def require(value, what: str) -> None:
+    if not value:
+        raise BadInput(f"missing {what}")
+
+
+class tqdm_progress:
+    """A progress bar over rows, handed to library code as a plain callback."""
+
+    def __init__(self, desc: str, cfg):
+        self.desc = desc
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=self.desc, unit="row", file=sys.stderr, disable=None)
+        return self.bar.update
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        return False
+
+
+def main() -> None:
+    app(prog_name="fraudq")

@@ -1,0 +1,148 @@
+"""Every setting of every subcommand, with one precedence rule.
+
+Precedence: CLI flag > FRAUDQ_<KEY> environment variable > --config FILE (TOML) > the defaults below.
+`configs/default.toml` mirrors these defaults with comments; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fraudq.errors import BadInput
+
+DEFAULT_INSTRUCTION = (
+    "\n下面是一段对话文本, 请分析对话内容是否有诈骗风险，以json格式输出你的判断结果(is_fraud: true/false)。\n"
+)
+
+
+@dataclass
+class Config:
+    # [paths]
+    model: str = ""
+    work_dir: str = "runs"
+    calib_data: str = ""
+    test_data: str = ""
+    calib_file: str = ""  # default: <work_dir>/calib.jsonl
+    # [calib]
+    calib_n: int = 0  # 0 = all rows
+    max_len: int = 1024
+    seed: int = 42
+    # [quantize]
+    group_size: int = 128
+    damp: float = 0.01
+    desc_act: bool = False
+    sym: bool = True
+    true_sequential: bool = True
+    static_groups: bool = False
+    quant_batch_size: int = 1
+    device: str = "auto"  # quantize: a GPU, unless --device cpu; eval and load: the GPU if there is one
+    backend: str = "auto"  # GPTQModel kernel for loading quantized models: auto, torch, triton, marlin
+    # [eval]
+    mode: str = "score"
+    eval_batch_size: str = "auto"
+    token_budget: int = 16384  # tokens per batch when eval_batch_size is "auto"
+    limit: int = 0  # 0 = all rows
+    instruction: str = DEFAULT_INSTRUCTION
+    answer_prefix: str = '{"is_fraud":'
+    true_word: str = " true"
+    false_word: str = " false"
+    max_new_tokens: int = 16
+    # [trust]
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    @property
+    def work_path(self) -> Path:
+        return Path(self.work_dir)
+
+    @property
+    def calib_path(self) -> Path:
+        return Path(self.calib_file) if self.calib_file else self.work_path / "calib.jsonl"
+
+    def quant_dir(self, bits: int) -> Path:
+        return self.work_path / f"int{bits}"
+
+    def eval_results_path(self, name: str) -> Path:
+        suffix = "" if self.mode == "score" else f".{self.mode}"
+        return self.work_path / "eval" / f"{name}{suffix}.json"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    kind = FIELD_TYPES[key]
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise BadInput(f"{source}: {key} must be a {kind}, got {value!r}") from None
+
+
+def _flatten_toml(data: dict, source: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten_toml(value, source))
+        elif key in FIELD_TYPES:
+            flat[key] = _coerce(key, value, source)
+        else:
+            raise BadInput(f"{source}: unknown setting '{key}'; run 'fraudq config' to list them")
+    return flat
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BadInput(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"config file {path} is not valid TOML: {exc}") from None
+    return _flatten_toml(data, str(path))
+
+
+def from_env(environ: dict[str, str]) -> dict[str, Any]:
+    values = {}
+    for key in FIELD_TYPES:
+        env_key = "FRAUDQ_" + key.upper()
+        if env_key in environ:
+            values[key] = _coerce(key, environ[env_key], env_key)
+    return values
+
+
+def build_config(
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Defaults, then the TOML file, then FRAUDQ_* variables, then CLI flags (None = not given)."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(read_toml(Path(config_file)))
+    values.update(from_env(dict(os.environ) if environ is None else environ))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+    return Config(**values)

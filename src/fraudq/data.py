@@ -1,0 +1,129 @@
+"""Reading labelled and chat-format JSONL, with one-line errors that name the file and line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from fraudq.errors import BadInput
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Row:
+    """One usable row: `messages` for chat files, the labelled fields otherwise."""
+
+    line: int
+    id: str
+    instruction: str | None = None
+    input: str | None = None
+    label: bool | None = None
+    messages: list[dict] | None = None
+
+
+@dataclass
+class Dataset:
+    path: Path
+    format: str  # "chat" or "labelled"
+    rows: list[Row]
+    skipped: int
+    sha256: str
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_label(value, where: str) -> bool:
+    # bool is a subclass of int, so check it first; 0/1 are accepted, 2 or "yes" are not.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "0", "1"):
+        return value.strip().lower() in ("true", "1")
+    raise BadInput(f"{where}: label must be true/false or 0/1, got {json.dumps(value, ensure_ascii=False)[:40]}")
+
+
+def _parse_messages(value, where: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise BadInput(f"{where}: 'messages' must be a non-empty list")
+    messages = []
+    for index, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise BadInput(f"{where}: messages[{index}] must be an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise BadInput(f"{where}: messages[{index}] has unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise BadInput(f"{where}: messages[{index}] field 'content' must be a string")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _parse_row(obj, line: int, fmt: str, where: str, need_label: bool) -> Row:
+    if not isinstance(obj, dict):
+        raise BadInput(f"{where}: expected a JSON object")
+    row_id = str(obj.get("id", line))
+    if fmt == "chat":
+        return Row(line=line, id=row_id, messages=_parse_messages(obj.get("messages"), where))
+    dialogue = obj.get("input")
+    if not isinstance(dialogue, str):
+        raise BadInput(f"{where}: missing field 'input' (a string)")
+    instruction = obj.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise BadInput(f"{where}: field 'instruction' must be a string")
+    if "label" not in obj:
+        if need_label:
+            raise BadInput(f"{where}: missing field 'label'")
+        label = None
+    else:
+        label = parse_label(obj["label"], where)
+    return Row(line=line, id=row_id, instruction=instruction, input=dialogue, label=label)
+
+
+def read_jsonl(path: str | Path, need_label: bool = True, skip_invalid: bool = False) -> Dataset:
+    """Reads every row; the format (chat or labelled) is taken from the first row.
+
+    A bad row stops the read with an error naming the line, unless `skip_invalid` is set.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"data file {path} does not exist")
+    if not path.is_file():
+        raise BadInput(f"data file {path} is not a file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"data file {path} is not UTF-8 (byte {exc.start}); re-encode it as UTF-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    rows: list[Row] = []
+    skipped = 0
+    fmt = None
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if fmt is None and isinstance(obj, dict):
+                fmt = "chat" if "messages" in obj else "labelled"
+            rows.append(_parse_row(obj, line_no, fmt or "labelled", where, need_label))
+        except BadInput:
+            if not skip_invalid:
+                raise
+            skipped += 1
+    if not rows:
+        raise BadInput(f"data file {path} has no usable rows" + (f" ({skipped} invalid skipped)" if skipped else ""))
+    return Dataset(path=path, format=fmt or "labelled", rows=rows, skipped=skipped, sha256=file_sha256(path))

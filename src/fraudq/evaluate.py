@@ -1,0 +1,276 @@
+"""Evaluating a classifier checkpoint on labelled dialogues: score mode or the seed's generate mode."""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import time
+from pathlib import Path
+
+from fraudq import prompts
+from fraudq.atomic import atomic_write_json, atomic_write_text
+from fraudq.config import Config
+from fraudq.data import read_jsonl
+from fraudq.errors import BadInput
+from fraudq.metrics import confusion, rates, roc_auc
+from fraudq.modelio import dir_size, fingerprint, inspect_model, load_model, load_tokenizer, resolve_device
+
+MODES = ("score", "generate")
+# Keys of the config that change what an eval measures; compare refuses to mix results that differ here.
+PROMPT_KEYS = ("mode", "instruction", "answer_prefix", "true_word", "false_word", "max_new_tokens", "limit")
+
+
+def predictions_path(results_path: Path) -> Path:
+    return results_path.with_name(results_path.stem + ".predictions.jsonl")
+
+
+def parse_answer(text: str) -> bool | None:
+    """The seed's JSON answer, tolerating a ```json fence; None when it is not a clear true/false."""
+    fenced = re.search(r"```(?:json)?\s*(.*?)(?:```|$)", text, flags=re.S)
+    body = fenced.group(1) if fenced else text
+    match = re.search(r"\{.*?\}", body, flags=re.S)
+    if not match:
+        return None
+    try:
+        value = json.loads(match.group(0)).get("is_fraud")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, bool) else None
+
+
+def parse_batch_size(value: str) -> int | None:
+    """None means automatic: batches filled up to the token budget."""
+    if str(value).lower() == "auto":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        raise BadInput(f"--batch-size must be a positive integer or 'auto', got {value!r}") from None
+    if size < 1:
+        raise BadInput(f"--batch-size must be a positive integer or 'auto', got {value!r}")
+    return size
+
+
+def make_batches(lengths: list[int], batch_size: int | None, token_budget: int) -> list[list[int]]:
+    """Row indices grouped by similar length, longest first, so padding wastes little and OOM shows early."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current = [], []
+    for index in order:
+        width = lengths[current[0]] if current else lengths[index]
+        full = len(current) == batch_size if batch_size else (len(current) + 1) * width > token_budget
+        if current and full:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device: str):
+    """Left padding puts every row's last token at the end, so logits_to_keep can cut the lm_head work."""
+    import torch
+
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def forward_logprobs(model, sequences: list[list[int]], keep: int, pad_id: int, device: str):
+    """Log-softmax over the vocabulary at the last `keep` positions of each row."""
+    import torch
+
+    ids, mask, positions = left_pad(sequences, pad_id, device)
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def score_batch(model, prompt_ids: list[list[int]], candidates: list[list[int]], pad_id: int, device: str) -> list[float]:
+    """log P(true words) - log P(false words) after the answer prefix, summed over each word's tokens."""
+    if all(len(cand) == 1 for cand in candidates):
+        # The usual case (" true" / " false" are one token each): one forward pass serves both words.
+        last = forward_logprobs(model, prompt_ids, 1, pad_id, device)[:, -1, :]
+        return (last[:, candidates[0][0]] - last[:, candidates[1][0]]).tolist()
+    totals = []
+    for cand in candidates:
+        logprobs = forward_logprobs(model, [p + cand for p in prompt_ids], len(cand) + 1, pad_id, device)
+        # Position j of the kept window predicts cand[j]; the window's last position predicts past the word.
+        picked = logprobs[:, : len(cand), :].gather(-1, _column(cand, len(prompt_ids), logprobs.device))
+        totals.append(picked.squeeze(-1).sum(-1))
+    return (totals[0] - totals[1]).tolist()
+
+
+def _column(cand: list[int], rows: int, device):
+    import torch
+
+    return torch.tensor(cand, device=device).view(1, -1, 1).expand(rows, -1, -1)
+
+
+def generate_batch(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, device: str) -> list[str]:
+    import torch
+
+    ids, mask, _ = left_pad(prompt_ids, tokenizer.pad_token_id, device)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def run_batches(batches: list[list[int]], work, log) -> dict[int, object]:
+    """Runs `work(indices)` per batch; on out-of-memory it halves the batch and goes on."""
+    results: dict[int, object] = {}
+    pending = list(reversed(batches))
+    while pending:
+        batch = pending.pop()
+        try:
+            values = work(batch)
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled; everything else is re-raised
+            if not is_out_of_memory(exc) or len(batch) == 1:
+                raise
+            half = len(batch) // 2
+            log(f"out of memory on a batch of {len(batch)} rows; retrying as {half} + {len(batch) - half}")
+            _empty_cache()
+            pending.extend([batch[half:], batch[:half]])
+            continue
+        results.update(zip(batch, values))
+    return results
+
+
+def _empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_invalid: bool = False,
+                   log=print, progress=None) -> dict:
+    if cfg.mode not in MODES:
+        raise BadInput(f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    if cfg.limit < 0:
+        raise BadInput(f"--limit must be 0 (all rows) or positive, got {cfg.limit}")
+    batch_size = parse_batch_size(cfg.eval_batch_size)
+    if cfg.token_budget < 1:
+        raise BadInput(f"token_budget must be positive, got {cfg.token_budget}")
+    dataset = read_jsonl(data, need_label=True, skip_invalid=skip_invalid)
+    if dataset.format != "labelled":
+        raise BadInput(f"{data} is a chat-format file; eval needs labelled rows (instruction, input, label)")
+    rows = dataset.rows[: cfg.limit] if cfg.limit else dataset.rows
+    info = inspect_model(model_path, cfg.trust_remote_code, cfg.allow_pickle)
+    device = resolve_device(cfg.device, "eval")
+    tokenizer = load_tokenizer(info, cfg.trust_remote_code)
+
+    suffix = cfg.answer_prefix if cfg.mode == "score" else ""
+    texts = [prompts.eval_prompt(tokenizer, r.instruction if r.instruction is not None else cfg.instruction, r.input)
+             + suffix for r in rows]
+    prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    candidates = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in (cfg.true_word, cfg.false_word)]
+    if not all(candidates):
+        raise BadInput("true_word and false_word must each be at least one token")
+
+    import torch
+
+    start = time.perf_counter()
+    model = load_model(info, device, cfg.backend, cfg.trust_remote_code)
+    load_s = time.perf_counter() - start
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    extra = max(map(len, candidates)) if cfg.mode == "score" else cfg.max_new_tokens
+    batches = make_batches([len(p) + extra for p in prompt_ids], batch_size, cfg.token_budget)
+
+    def work(indices: list[int]):
+        chunk = [prompt_ids[i] for i in indices]
+        if cfg.mode == "score":
+            values = score_batch(model, chunk, candidates, tokenizer.pad_token_id, device)
+        else:
+            values = generate_batch(model, tokenizer, chunk, cfg.max_new_tokens, device)
+        if progress:
+            progress(len(indices))
+        return values
+
+    start = time.perf_counter()
+    outputs = run_batches(batches, work, log)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    wall_s = time.perf_counter() - start
+
+    labels = [r.label for r in rows]
+    if cfg.mode == "score":
+        scores = [outputs[i] for i in range(len(rows))]
+        preds = [s > 0 for s in scores]
+        answers = [None] * len(rows)
+    else:
+        answers = [outputs[i] for i in range(len(rows))]
+        preds = [parse_answer(a) for a in answers]
+        scores = [None] * len(rows)
+    counts = confusion(labels, preds)
+    metrics = rates(counts)
+    result = {
+        "model": str(info.path),
+        "model_fingerprint": fingerprint(info),
+        "quantization": info.quant,
+        "kernel": getattr(model, "fraudq_kernel", None),
+        "data": str(dataset.path),
+        "data_sha256": dataset.sha256,
+        "rows": len(rows),
+        "eval_config": {k: getattr(cfg, k) for k in PROMPT_KEYS},
+        "batching": {"batch_size": cfg.eval_batch_size, "token_budget": cfg.token_budget, "batches": len(batches)},
+        "device": device,
+        "confusion": counts,
+        **metrics,
+        "auc": roc_auc(labels, scores) if cfg.mode == "score" else None,
+        "samples_per_s": round(len(rows) / wall_s, 2) if wall_s > 0 else None,
+        "wall_s": round(wall_s, 3),
+        "load_s": round(load_s, 3),
+        "memory": _peak_memory(device),
+        "size_bytes": dir_size(info.path),
+        "predictions_file": predictions_path(out).name,
+    }
+    lines = [json.dumps({"id": r.id, "label": r.label, "prediction": p, "score": s,
+                         **({"answer": a} if a is not None and p is None else {})}, ensure_ascii=False)
+             for r, p, s, a in zip(rows, preds, scores, answers)]
+    atomic_write_text(predictions_path(out), "\n".join(lines) + "\n")
+    atomic_write_json(out, result)
+    log(format_result(result, out))
+    return result
+
+
+def _peak_memory(device: str) -> dict:
+    import torch
+
+    peak = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)}
+    if device.startswith("cuda"):
+        peak["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    return peak
+
+
+def format_result(result: dict, out: Path) -> str:
+    c = result["confusion"]
+    auc = f", AUC {result['auc']:.4f}" if result["auc"] is not None else ""
+    invalid = f", {c['invalid']} invalid answers (scored wrong)" if c["invalid"] else ""
+    return (f"{result['rows']} rows: tn {c['tn']} fp {c['fp']} fn {c['fn']} tp {c['tp']}{invalid}; "
+            f"precision {result['precision']:.4f}, recall {result['recall']:.4f}, F1 {result['f1']:.4f}, "
+            f"accuracy {result['accuracy']:.4f}{auc}; {result['samples_per_s']} rows/s; written to {out}")
+
+
+def read_results(path: Path) -> tuple[dict, list[dict]]:
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        preds_file = path.with_name(result["predictions_file"])
+        predictions = [json.loads(line) for line in preds_file.read_text(encoding="utf-8").splitlines() if line]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BadInput(f"eval results {path} are missing or damaged; rerun 'fraudq eval'") from None
+    return result, predictions

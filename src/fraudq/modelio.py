@@ -1,0 +1,215 @@
+"""Checking, loading and describing local checkpoints (fp16/bf16/fp32 or GPTQ)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fraudq.errors import BadInput, NotAvailable
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "qwen.tiktoken")
+
+
+@dataclass
+class ModelInfo:
+    path: Path
+    config: dict
+    quant: dict | None  # bits, group_size, desc_act, sym, checkpoint_format
+    weight_files: list[Path]
+
+
+def setup_environment() -> None:
+    """Settings GPTQModel and the hub client read at import time."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # GPTQModel's CPU pool fails when it asks for more workers than there are cores.
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path} is not valid JSON ({exc}); the checkpoint is damaged") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path} is not a JSON object; the checkpoint is damaged")
+    return data
+
+
+def quant_config_of(path: Path, config: dict) -> dict | None:
+    """GPTQ settings from config.json (fraudq, GPTQModel, optimum) or quantize_config.json (auto-gptq v1)."""
+    raw = config.get("quantization_config")
+    if raw is None and (path / "quantize_config.json").is_file():
+        raw = _read_json(path / "quantize_config.json")
+    if raw is None:
+        return None
+    return {
+        "bits": raw.get("bits"),
+        "group_size": raw.get("group_size"),
+        "desc_act": raw.get("desc_act"),
+        "sym": raw.get("sym"),
+        "checkpoint_format": raw.get("checkpoint_format", "gptq"),
+        "quant_method": raw.get("quant_method", "gptq"),
+    }
+
+
+def inspect_model(
+    model: str | Path, trust_remote_code: bool = False, allow_pickle: bool = False
+) -> ModelInfo:
+    """Every check that can be made without loading weights; each failure is one line."""
+    path = Path(model)
+    if not path.exists():
+        raise BadInput(f"model {model} does not exist; fraudq reads local folders only, never a hub")
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise BadInput(f"{model} is not a model folder (no config.json)")
+    config = _read_json(path / "config.json")
+    if config.get("auto_map") and not trust_remote_code:
+        raise BadInput(
+            f"{model} asks to run custom code from the checkpoint (auto_map in config.json); "
+            "pass --trust-remote-code only if you trust its author"
+        )
+    safetensors = sorted(path.glob("*.safetensors"))
+    pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not safetensors:
+        if pickles and not allow_pickle:
+            raise BadInput(
+                f"{model} has only pickle weights ({pickles[0].name}), which can run code when loaded; "
+                "convert them to safetensors or pass --allow-pickle"
+            )
+        if not pickles:
+            raise BadInput(f"{model} has no weight files (*.safetensors)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise BadInput(f"{model} has no tokenizer files (tokenizer.json); save the tokenizer beside the model")
+    return ModelInfo(path=path, config=config, quant=quant_config_of(path, config), weight_files=safetensors or pickles)
+
+
+def load_tokenizer(info: ModelInfo, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(info.path), local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot load the tokenizer of {info.path}: {str(exc).splitlines()[0]}") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise BadInput(f"the tokenizer of {info.path} has no chat template; add one to tokenizer_config.json")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def resolve_device(device: str, purpose: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NotAvailable(f"{purpose} asked for CUDA, but this machine has no GPU; pass --device cpu (small models only)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise BadInput(f"unknown device {device!r}; use cuda or cpu")
+    return device
+
+
+def default_dtype(device: str):
+    import torch
+
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def load_model(info: ModelInfo, device: str, backend: str = "auto", trust_remote_code: bool = False):
+    """Returns an eval-mode torch model placed wholly on `device`.
+
+    GPTQ checkpoints go through GPTQModel with an explicit kernel, never device_map="auto":
+    that offload path is what raised the seed's "Found modules on cpu/disk" error.
+    """
+    import torch
+
+    if info.quant is None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(info.path),
+            dtype=default_dtype(device),
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=info.weight_files[0].suffix == ".safetensors",
+        ).to(device)
+        return model.eval()
+    from gptqmodel import BACKEND, GPTQModel
+
+    chosen = kernel_for(info.quant, device, backend)
+    wrapped = GPTQModel.load(
+        str(info.path),
+        device=device,
+        backend=BACKEND(chosen),
+        dtype=default_dtype(device) if device.startswith("cuda") else torch.bfloat16,  # its CPU kernels need 16-bit
+        trust_remote_code=trust_remote_code,
+    )
+    model = wrapped.model
+    model.fraudq_kernel = chosen
+    return model.eval()
+
+
+KERNELS = ("torch", "triton", "marlin", "exllama_v2", "torch_int8")
+
+
+def kernel_for(quant: dict, device: str, backend: str) -> str:
+    """GPTQModel's automatic choice downloads CUTLASS on the GPU box, so fraudq always names one."""
+    if backend == "auto":
+        backend = "triton" if device.startswith("cuda") else "torch"
+    name = backend.removeprefix("gptq_")
+    if name not in KERNELS:
+        raise BadInput(f"unknown backend {backend!r}; use one of auto, {', '.join(KERNELS)}")
+    return "gptq_" + name
+
+
+def fingerprint(info: ModelInfo) -> str:
+    """sha256 over config and weight bytes: names the exact model an eval result belongs to."""
+    digest = hashlib.sha256()
+    for file in [info.path / "config.json", *info.weight_files]:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def summary(info: ModelInfo, model, tokenizer, device: str) -> dict:
+    config = info.config
+    text = config.get("text_config", config)
+    param_count = sum(p.numel() for p in model.parameters())
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+    return {
+        "path": str(info.path),
+        "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],
+        "parameters": param_count,
+        "layers": text.get("num_hidden_layers"),
+        "hidden_size": text.get("hidden_size"),
+        "vocab_size": text.get("vocab_size"),
+        "dtype": config.get("torch_dtype") or config.get("dtype") or "/".join(dtypes),
+        "loaded_dtypes": dtypes,
+        "device": device,
+        "size_bytes": dir_size(info.path),
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "quantization": info.quant,
+        "kernel": getattr(model, "fraudq_kernel", None),
+    }
+
+
+def describe(cfg, model: str) -> dict:
+    """What `fraudq load` prints: the checkpoint loaded for real, then summarised."""
+    info = inspect_model(model, cfg.trust_remote_code, cfg.allow_pickle)
+    device = resolve_device(cfg.device, "load")
+    tokenizer = load_tokenizer(info, cfg.trust_remote_code)
+    loaded = load_model(info, device, cfg.backend, cfg.trust_remote_code)
+    return summary(info, loaded, tokenizer, device)

@@ -1,0 +1,166 @@
+"""GPTQ through GPTQModel's native API, written atomically with a report beside the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+from fraudq.atomic import atomic_dir, atomic_write_json, check_writable
+from fraudq.calib import read_calibration, tokenizer_fingerprint
+from fraudq.config import Config
+from fraudq.errors import BadInput
+from fraudq.modelio import dir_size, inspect_model, load_tokenizer, resolve_device
+
+VALID_BITS = (2, 3, 4, 8)
+
+
+def linear_in_features(config: dict) -> dict[str, int]:
+    """The input widths of the linear layers GPTQ quantizes in a Llama/Qwen2-style block."""
+    text = config.get("text_config", config)
+    hidden = text["hidden_size"]
+    heads = text["num_attention_heads"]
+    head_dim = text.get("head_dim") or hidden // heads
+    return {"hidden_size": hidden, "o_proj (heads x head_dim)": heads * head_dim,
+            "intermediate_size": text["intermediate_size"]}
+
+
+def validate_settings(cfg: Config, bits: int, model_config: dict) -> None:
+    if bits not in VALID_BITS:
+        raise BadInput(f"--bits must be one of {', '.join(map(str, VALID_BITS))}, got {bits}")
+    if not 0 < cfg.damp < 1:
+        raise BadInput(f"--damp must be between 0 and 1 (exclusive), got {cfg.damp}")
+    if cfg.quant_batch_size < 1:
+        raise BadInput(f"--batch-size must be at least 1, got {cfg.quant_batch_size}")
+    if cfg.group_size == -1:
+        return
+    if cfg.group_size <= 0:
+        raise BadInput(f"--group-size must be -1 or a positive divisor of the layer widths, got {cfg.group_size}")
+    try:
+        widths = linear_in_features(model_config)
+    except KeyError as exc:
+        raise BadInput(f"the model's config.json lacks {exc}; fraudq quantizes Qwen2/Llama-style models") from None
+    for name, width in widths.items():
+        if width % cfg.group_size:
+            raise BadInput(f"--group-size {cfg.group_size} does not divide {name} {width}; use -1 or a divisor")
+
+
+def peak_memory(device: str) -> dict:
+    import torch
+
+    peak = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)}
+    if device.startswith("cuda"):
+        peak["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    return peak
+
+
+def _versions() -> dict:
+    import gptqmodel
+    import torch
+    import transformers
+
+    import fraudq
+
+    return {"fraudq": fraudq.__version__, "gptqmodel": gptqmodel.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: bool = False, log=print) -> dict:
+    info = inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
+    if info.quant is not None:
+        raise BadInput(f"{info.path} is already quantized ({info.quant['bits']}-bit); quantize the original model")
+    validate_settings(cfg, bits, info.config)
+    device = "cuda" if cfg.device == "auto" else cfg.device
+    device = resolve_device(device, "quantize")
+    check_writable(out, force)
+    token_ids, calib_meta = read_calibration(calib_path)
+    tokenizer = load_tokenizer(info, cfg.trust_remote_code)
+    if calib_meta.get("tokenizer_sha256") != tokenizer_fingerprint(tokenizer):
+        raise BadInput(f"{calib_path} was tokenized with another tokenizer; rebuild it with 'fraudq calib --model {info.path}'")
+
+    import torch
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    quant_config = QuantizeConfig(
+        bits=bits,
+        group_size=cfg.group_size,
+        damp_percent=cfg.damp,  # GPTQModel's default is 0.05; the seed used 0.01
+        desc_act=cfg.desc_act,
+        sym=cfg.sym,
+        true_sequential=cfg.true_sequential,
+        static_groups=cfg.static_groups,
+        act_group_aware=False,  # the seed's plain GPTQ order; GPTQModel would otherwise reorder groups
+        offload_to_disk=False,  # keeps the run in memory and no temp path lands in the saved config
+        device=device,
+    )
+    calibration = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in token_ids]
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    timings = {}
+    with atomic_dir(out, force) as tmp:
+        start = time.perf_counter()
+        model = GPTQModel.load(str(info.path), quant_config, trust_remote_code=cfg.trust_remote_code)
+        timings["load_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        quant_log = model.quantize(calibration, batch_size=cfg.quant_batch_size, tokenizer=tokenizer)
+        timings["quantize_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        model.save(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        timings["save_s"] = time.perf_counter() - start
+        timings["total_s"] = sum(timings.values())
+        report = {
+            "bits": bits,
+            "model": str(info.path),
+            "calibration": {"path": str(calib_path), "rows": len(token_ids),
+                            "tokens": sum(map(len, token_ids)), "data_sha256": calib_meta.get("data_sha256")},
+            "config": {k: getattr(cfg, k) for k in ("group_size", "damp", "desc_act", "sym", "true_sequential",
+                                                     "static_groups", "quant_batch_size")},
+            "device": device,
+            "versions": _versions(),
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "memory": peak_memory(device),
+            "size_bytes": {"before": dir_size(info.path), "after": dir_size(tmp)},
+            "modules": module_rows(quant_log),
+        }
+        atomic_write_json(tmp / "quant_report.json", report)
+    log(f"quantized {info.path} to {bits}-bit in {timings['total_s']:.1f} s; "
+        f"size {report['size_bytes']['before'] / 1e6:.1f} MB -> {report['size_bytes']['after'] / 1e6:.1f} MB; "
+        f"written to {out}")
+    return report
+
+
+def module_rows(quant_log) -> list[dict]:
+    """GPTQModel's per-module log rows with numbers parsed, under stable key names."""
+    rows = quant_log.get("gptq", []) if isinstance(quant_log, dict) else list(quant_log or [])
+    parsed = []
+    for row in rows:
+        parsed.append({
+            "layer": int(row.get("layer", -1)),
+            "module": row.get("module"),
+            "loss": _number(row.get("loss")),
+            "samples": _number(row.get("samples")),
+            "damp": _number(row.get("damp")),
+            "time_s": _number(row.get("time")),
+            "fwd_time_s": _number(row.get("fwd_time")),
+        })
+    return parsed
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_report(path: Path) -> dict | None:
+    report = path / "quant_report.json"
+    if not report.is_file():
+        return None
+    try:
+        return json.loads(report.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
