@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -84,7 +85,9 @@ def load(model: Annotated[str, typer.Argument(help="Local model folder.")],
 
     cfg = config_from(config_file, device=device, backend=backend, trust_remote_code=trust_remote_code,
                       allow_pickle=allow_pickle)
-    info = describe(cfg, model)
+    # GPTQModel prints its loading chatter on stdout; keep stdout for the summary alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        info = describe(cfg, model)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
