@@ -1,0 +1,108 @@
+"""Merge the JSON files of scripts/bench_gpu.py's phases into one docs/bench/YYYY-MM-DD-<card>.json.
+
+    python scripts/bench_merge.py quality.json speed8.json [speed4.json] --out docs/bench/2026-11-25-h100.json
+
+Speed figures (quantize_s, peak_gpu_gb, eval_*_sps, size_bytes) come from the `qwen2-1.5b` phases,
+quality figures (precision, recall, f1, auc, flips) from the `small` phase. A figure a phase did not
+measure is null. An existing output file is never overwritten: later runs add new files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+NAMES = ("fp16", "int8", "int4")
+
+
+def load(paths: list[Path]) -> dict[str, dict]:
+    phases = {}
+    for path in paths:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        phases[data["phase"]] = data
+    return phases
+
+
+def speed_figures(phases: dict, name: str) -> dict:
+    bits = None if name == "fp16" else name[3:]
+    sources = [p for key, p in phases.items() if key.startswith("speed")]
+    evals = next((p["evals"][name] for p in sources if name in p.get("evals", {})), {})
+    report = next((p["quant_report"] for p in sources if bits and p["phase"] == f"speed{bits}" and "quant_report" in p),
+                  None)
+    score, generate = evals.get("score") or {}, evals.get("generate") or {}
+    peaks = [x for x in ((report or {}).get("memory", {}).get("peak_gpu_gb"),
+                         (score.get("memory") or {}).get("peak_gpu_gb"),
+                         (generate.get("memory") or {}).get("peak_gpu_gb")) if x is not None]
+    return {
+        "quantize_s": report["timings"]["total_s"] if report else None,
+        "peak_gpu_gb": max(peaks) if peaks else None,
+        "peak_gpu_gb_quantize": (report or {}).get("memory", {}).get("peak_gpu_gb"),
+        "eval_score_sps": score.get("samples_per_s"),
+        "eval_generate_sps": generate.get("samples_per_s"),
+        "eval_generate_rows": generate.get("rows"),
+        "size_bytes": score.get("size_bytes") or ((report or {}).get("size_bytes") or {}).get("after"),
+        "kernel": score.get("kernel") or (None if name == "fp16" else "gptq_triton"),
+    }
+
+
+def quality_figures(phases: dict, name: str) -> dict:
+    quality = phases.get("quality")
+    if not quality:
+        return {}
+    row = next(m for m in quality["compare"]["models"] if m["name"] == name)
+    paired = row.get("vs_baseline") or {}
+    small = quality["models"][name]
+    return {
+        "precision": row["precision"], "recall": row["recall"], "f1": row["f1"], "auc": row["auc"],
+        "pr_auc": row["pr_auc"], "accuracy": row["accuracy"], "confusion": row["confusion"],
+        "flips": (paired.get("flips") or {}).get("total", 0),
+        "flips_detail": paired.get("flips"),
+        "small_quantize_s": (small.get("quant_report") or {}).get("timings", {}).get("total_s"),
+        "small_size_bytes": row["size_bytes"],
+        "small_eval_score_sps": row["samples_per_s"],
+    }
+
+
+def merge(phases: dict) -> dict:
+    first = next(iter(phases.values()))
+    models = {}
+    for name in NAMES:
+        models[name] = {**speed_figures(phases, name), **quality_figures(phases, name)}
+    quality = phases.get("quality", {})
+    return {
+        "card": first["card"],
+        "date": first["date"],
+        "command": "; ".join(f"scripts/bench_gpu.sh {p} $OUT" for p in phases)
+                   + "; python scripts/bench_merge.py <phase json files> --out <this file>",
+        "speed_model": "qwen2-1.5b (random init, Qwen2-1.5B-Instruct shape)",
+        "quality_model": "small (8 layers, hidden 512, trained on train.jsonl)",
+        "calibration": next((p.get("calib") for p in phases.values() if p.get("calib")), None),
+        "score_generate_agreement_fp16_small": (quality.get("models", {}).get("fp16") or {}).get(
+            "score_generate_agreement"),
+        "phases": {k: {"ok": p.get("ok"), "error": p.get("error"), "phase_wall_s": p.get("phase_wall_s"),
+                       "steps": p.get("steps")} for k, p in phases.items()},
+        "models": models,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("phase_files", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if args.out.exists():
+        print(f"bench_merge: {args.out} exists; benchmark files are never overwritten", file=sys.stderr)
+        return 2
+    merged = merge(load(args.phase_files))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for name, m in merged["models"].items():
+        print(name, {k: m.get(k) for k in ("quantize_s", "eval_score_sps", "eval_generate_sps", "size_bytes",
+                                          "precision", "recall", "f1", "auc", "flips", "kernel")})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
