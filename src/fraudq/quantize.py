@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from fraudq.errors import BadInput
 from fraudq.modelio import dir_size, inspect_model, load_tokenizer, resolve_device
 
 VALID_BITS = (2, 3, 4, 8)
+# Settings that change the quantized weights: recorded in quant_report.json and in `fraudq run`'s stamps.
+QUANT_KEYS = ("group_size", "damp", "desc_act", "sym", "true_sequential", "static_groups", "quant_batch_size")
 
 
 def linear_in_features(config: dict) -> dict[str, int]:
@@ -82,6 +85,7 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
 
     import torch
     from gptqmodel import GPTQModel, QuantizeConfig
+    from gptqmodel.looper import loop_processor
 
     quant_config = QuantizeConfig(
         bits=bits,
@@ -99,7 +103,9 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     timings = {}
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force) as tmp, tempfile.TemporaryDirectory() as scratch:
+        # GPTQModel writes per-module logs into ./logs of whatever folder the user is in; keep them out.
+        loop_processor._PROJECT_LOG_DIR = Path(scratch)
         start = time.perf_counter()
         model = GPTQModel.load(str(info.path), quant_config, trust_remote_code=cfg.trust_remote_code)
         timings["load_s"] = time.perf_counter() - start
@@ -116,13 +122,13 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
             "model": str(info.path),
             "calibration": {"path": str(calib_path), "rows": len(token_ids),
                             "tokens": sum(map(len, token_ids)), "data_sha256": calib_meta.get("data_sha256")},
-            "config": {k: getattr(cfg, k) for k in ("group_size", "damp", "desc_act", "sym", "true_sequential",
-                                                     "static_groups", "quant_batch_size")},
+            "config": {k: getattr(cfg, k) for k in QUANT_KEYS},
             "device": device,
             "versions": _versions(),
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "memory": peak_memory(device),
             "size_bytes": {"before": dir_size(info.path), "after": dir_size(tmp)},
+            "stages": stage_timings(model),
             "modules": module_rows(quant_log),
         }
         atomic_write_json(tmp / "quant_report.json", report)
@@ -130,6 +136,14 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
         f"size {report['size_bytes']['before'] / 1e6:.1f} MB -> {report['size_bytes']['after'] / 1e6:.1f} MB; "
         f"written to {out}")
     return report
+
+
+def stage_timings(model) -> dict:
+    """GPTQModel's own per-stage clock (forward, Hessian, quantize, pack, save), summed over modules."""
+    timer = getattr(model, "quant_region_timer", None)
+    stats = getattr(timer, "_stats", None) or {}
+    return {region: {"total_s": round(float(stat["total"]), 3), "count": int(stat["count"])}
+            for region, stat in stats.items() if stat.get("count")}
 
 
 def module_rows(quant_log) -> list[dict]:
