@@ -166,3 +166,11 @@ def test_multi_token_candidates_sum_log_probs(project):
                 logits = model(torch.tensor([prompt + cand])).logits[0].float().log_softmax(-1)
             totals.append(sum(logits[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(cand)))
         assert value == pytest.approx(totals[0] - totals[1], abs=1e-4)
+
+
+def test_quantize_leaves_nothing_in_the_working_folder(quantized, tmp_path, monkeypatch):
+    """GPTQModel writes logs/ into the current folder unless fraudq redirects it."""
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("quantize", "--bits", "4", "--config", quantized.config, "--out", tmp_path / "q4")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q4"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,8 +15,47 @@ from fraudq.errors import BadInput
 TMP_PREFIX = ".fraudq-tmp-"
 
 
+def _tmp_prefix(target: Path) -> str:
+    # The writer's pid is in the name, so a later run can tell a dead run's leftovers from a live run's work.
+    return f"{TMP_PREFIX}{os.getpid()}-{target.name}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale(target: Path) -> None:
+    """Drops temporary files and folders left beside `target` by a killed run (SIGKILL, power loss).
+
+    If the run died between moving the old output aside and renaming the new one in, the old one is put back.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    pattern = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-" + re.escape(target.name) + r"-(old-)?[a-z0-9_]{8}")
+    for entry in sorted(target.parent.iterdir()):
+        match = pattern.fullmatch(entry.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        previous = entry / "previous"
+        if match.group(2) and previous.exists() and not target.exists():
+            os.replace(previous, target)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+
+
 def check_writable(target: Path, force: bool) -> None:
     """Refuses before any work is done, so a refused run loses nothing."""
+    remove_stale(target)
     if target.exists() and not force:
         raise BadInput(f"{target} already exists; pass --force to replace it")
 
@@ -51,14 +91,15 @@ def atomic_dir(target: str | Path, force: bool = False):
     target = Path(target)
     check_writable(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + "-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
+    old = None
     try:
         yield tmp
         os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes 0700 folders
         _fsync_tree(tmp)
         if target.exists():
             # rename(2) cannot replace a non-empty folder: move the old one aside first, then drop it.
-            old = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + "-old-", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target) + "old-", dir=target.parent))
             os.replace(target, old / "previous")
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -67,13 +108,18 @@ def atomic_dir(target: str | Path, force: bool = False):
         _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:  # interrupted between the two renames: put the previous output back
+            if (old / "previous").exists() and not target.exists():
+                os.replace(old / "previous", target)
+            shutil.rmtree(old, ignore_errors=True)
         raise
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + target.name + "-", dir=target.parent)
+    remove_stale(target)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -10,7 +10,7 @@ from pathlib import Path
 from fraudq import prompts
 from fraudq.atomic import atomic_write_json, atomic_write_text, check_writable
 from fraudq.config import Config
-from fraudq.data import Row, read_jsonl
+from fraudq.data import Row, file_sha256, read_jsonl
 from fraudq.errors import BadInput
 from fraudq.modelio import inspect_model, load_tokenizer
 
@@ -68,6 +68,8 @@ def build_calibration(cfg: Config, data: str, out: Path, force: bool = False, sk
         seen.add(text)
         texts.append(text)
 
+    if not texts:
+        raise BadInput(f"{data}: no rows left to calibrate on ({empty} empty, {duplicate} duplicate)")
     not_sampled = 0
     if cfg.calib_n and cfg.calib_n < len(texts):
         keep = sorted(random.Random(cfg.seed).sample(range(len(texts)), cfg.calib_n))
@@ -103,8 +105,11 @@ def build_calibration(cfg: Config, data: str, out: Path, force: bool = False, sk
         "seed": cfg.seed,
     }
     body = "".join(json.dumps({"input_ids": ids}) + "\n" for ids in token_ids)
-    atomic_write_text(out, body)
+    # The meta names the exact body it describes, so a run killed between the two renames leaves a pair
+    # that read_calibration refuses; the meta goes first, so a killed first run leaves no calibration file.
+    meta["calib_sha256"] = hashlib.sha256(body.encode("utf-8")).hexdigest()
     atomic_write_json(meta_path(out), meta)
+    atomic_write_text(out, body)
     log(format_stats(stats, out))
     return meta
 
@@ -139,4 +144,7 @@ def read_calibration(path: Path) -> tuple[list[list[int]], dict]:
         raise BadInput(f"{path} is damaged (line {len(rows) + 1}); rebuild it with 'fraudq calib'") from None
     if not rows:
         raise BadInput(f"calibration file {path} is empty; rebuild it with 'fraudq calib'")
+    if not isinstance(meta, dict) or meta.get("calib_sha256", file_sha256(path)) != file_sha256(path):
+        raise BadInput(f"{path} does not match {meta_path(path).name} (an interrupted 'fraudq calib'?); "
+                       "rebuild it with 'fraudq calib --force'")
     return rows, meta

@@ -12,12 +12,44 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
+
+try:  # typer 0.2x vendors its own click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 from fraudq.config import build_config
 from fraudq.errors import BadInput
 from fraudq.modelio import setup_environment
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+@contextlib.contextmanager
+def _usage_errors_on_one_line():
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise
+    except UsageError as exc:
+        message = " ".join(exc.format_message().split())
+        command = exc.ctx.command_path if exc.ctx else "fraudq"
+        typer.echo(f"fraudq: error: {message} (see '{command} --help')", err=True)
+        raise typer.Exit(2) from None
+
+
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """An unknown flag or a value of the wrong type is bad input too: one line on stderr, exit 2."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_errors_on_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_errors_on_one_line():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Shrink a fine-tuned chat LLM classifier with GPTQ and measure what it cost.")
 
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings (see configs/default.toml).")]
@@ -181,6 +213,36 @@ def compare_command(names: Annotated[list[str], typer.Argument(help="fp16, int8,
     cfg = config_from(config_file, model=model, test_data=data, mode=mode, limit=limit, device=device)
     compare(cfg, names, cfg.test_data or None, out or cfg.work_path / "compare", examples=examples,
             plot_dir=plot, log=typer.echo)
+
+
+@app.command(name="run")
+@friendly_errors
+def run_command(model: Model = None,
+                calib_data: Annotated[Optional[str], typer.Option("--calib-data", help="JSONL for calibration.")] = None,
+                test_data: Annotated[Optional[str], typer.Option("--test-data", help="Labelled test JSONL.")] = None,
+                force: Annotated[Optional[list[str]], typer.Option(
+                    "--force", metavar="STAGE", help="Rerun this stage (repeatable, or 'all'): calib, quantize-int8, "
+                    "quantize-int4, eval-fp16, eval-int8, eval-int4, compare.")] = None,
+                examples: Annotated[int, typer.Option("--examples", help="Print N flipped rows per model.")] = 0,
+                device: Device = None, config_file: ConfigFile = None):
+    """calib -> quantize 8 and 4 -> eval fp16/int8/int4 -> compare; stages whose inputs are unchanged are skipped."""
+    from fraudq.pipeline import run_pipeline
+
+    cfg = config_from(config_file, model=model, calib_data=calib_data, test_data=test_data, device=device)
+    run_pipeline(cfg, force=force or [], examples=examples)
+
+
+@app.command()
+@friendly_errors
+def demo(out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data, model and runs.")] = Path("fraudq-demo"),
+         force: Annotated[bool, typer.Option("--force", help="Write into a non-empty folder and redo every step.")] = False,
+         train_rows: Annotated[Optional[int], typer.Option("--train-rows", hidden=True)] = None,
+         test_rows: Annotated[Optional[int], typer.Option("--test-rows", hidden=True)] = None,
+         epochs: Annotated[Optional[float], typer.Option("--epochs", hidden=True)] = None):
+    """Generate dialogues, train a tiny classifier, then 'fraudq run' it on CPU (1-2 minutes, no downloads)."""
+    from fraudq.demo import run_demo
+
+    run_demo(out, force=force, train_rows=train_rows, test_rows=test_rows, epochs=epochs)
 
 
 def require(value, what: str) -> None:

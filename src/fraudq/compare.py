@@ -59,14 +59,27 @@ def resolve(cfg: Config, name: str) -> Entry:
     raise BadInput(f"no checkpoint or results for '{name}'; known names: {known}; or give a model folder path")
 
 
-def is_current(cfg: Config, entry: Entry, data_sha: str) -> bool:
+def stale_reasons(cfg: Config, entry: Entry, data_sha: str, model_fingerprint: str | None = None) -> list[str]:
+    """Why a stored eval result is not this model's on this data and eval config; [] when it is.
+
+    A result records the hashes of its inputs, so it is its own stamp; `fraudq run` asks this too.
+    """
     if not entry.results_path.is_file():
-        return False
-    result, _ = read_results(entry.results_path)
-    return (result.get("data_sha256") == data_sha
-            and result.get("eval_config") == {k: getattr(cfg, k) for k in PROMPT_KEYS}
-            and result.get("model_fingerprint") == fingerprint(inspect_model(entry.model_path, cfg.trust_remote_code,
-                                                                             cfg.allow_pickle)))
+        return ["no result"]
+    try:
+        result, _ = read_results(entry.results_path)
+    except BadInput:  # damaged or half-replaced: evaluate again rather than stop
+        return ["result damaged"]
+    if model_fingerprint is None:
+        model_fingerprint = fingerprint(inspect_model(entry.model_path, cfg.trust_remote_code, cfg.allow_pickle))
+    same = {"model": result.get("model_fingerprint") == model_fingerprint,
+            "data": result.get("data_sha256") == data_sha,
+            "eval config": result.get("eval_config") == {k: getattr(cfg, k) for k in PROMPT_KEYS}}
+    return [f"{what} changed" for what, ok in same.items() if not ok]
+
+
+def is_current(cfg: Config, entry: Entry, data_sha: str) -> bool:
+    return not stale_reasons(cfg, entry, data_sha)
 
 
 def gather(cfg: Config, names: list[str], data: str | None, log=print) -> list[tuple[Entry, dict, list[dict]]]:
@@ -206,7 +219,7 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
             row["name"] + (" (baseline)" if not paired else ""),
             *(_fmt(row[k]) for k in ("precision", "recall", "f1", "accuracy", "auc", "pr_auc")),
             _fmt(row["size_bytes"] / 1e6, 1) if row["size_bytes"] else "–",
-            _fmt(row["samples_per_s"]), _fmt(row["peak_memory_gb"], 2),
+            _fmt(row["samples_per_s"], 1), _fmt(row["peak_memory_gb"], 2),
             *(_fmt(delta.get(k), signed=True) for k in ("precision", "recall", "f1")),
             f"{flips['total']} ({flips['fraud_to_ok']} / {flips['ok_to_fraud']})" if flips else "–",
             _fmt(flips["mcnemar_p"], 3) if flips else "–",
@@ -215,17 +228,30 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+INTERVALS_TITLE = ("Change against the baseline, with 95% bootstrap intervals (1,000 paired resamples), "
+                   "and the shift of the score margin row by row (log P(true) - log P(false); > 0 = toward fraud):")
+
+
+def interval_lines(table: dict) -> list[str]:
+    lines = []
+    for row in table["models"]:
+        paired = row.get("vs_baseline") or {}
+        parts = [f"{k} {v['delta']:+.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}]" for k, v in paired.get("bootstrap", {}).items()]
+        shift = paired.get("margin_shift")
+        if shift:
+            parts.append(f"margin shift mean {shift['mean'] + 0.0:+.4f}, median {shift['median'] + 0.0:+.4f}")
+        if parts:
+            lines.append(f"{row['name']}: " + "; ".join(parts))
+    return lines
+
+
 def to_markdown(table: dict, out_dir: Path) -> str:
     header, body = table_rows(table)
     lines = [f"# fraudq compare ({table['rows']} rows, baseline {table['baseline']})", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    lines += ["", "95% bootstrap intervals (1,000 paired resamples) of the change against the baseline:", ""]
-    for row in table["models"]:
-        boot = (row.get("vs_baseline") or {}).get("bootstrap")
-        if boot:
-            parts = [f"{k} {v['delta']:+.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}]" for k, v in boot.items()]
-            lines.append(f"- {row['name']}: " + "; ".join(parts))
+    lines += ["", INTERVALS_TITLE, ""]
+    lines += [f"- {line}" for line in interval_lines(table)]
     for plot in table.get("plots", []):
         rel = Path(plot).resolve()
         try:
@@ -249,7 +275,8 @@ def log_table(table: dict, log) -> None:
     console = Console(width=220, record=True)
     with console.capture() as capture:
         console.print(view)
-    log(capture.get().rstrip())
+    lines = interval_lines(table)
+    log(capture.get().rstrip() + ("\n" + INTERVALS_TITLE + "\n" + "\n".join("  " + line for line in lines) if lines else ""))
 
 
 def log_examples(loaded, base_index: int, count: int, data: str | None, log) -> None:

@@ -52,6 +52,14 @@ def parse_label(value, where: str) -> bool:
     raise BadInput(f"{where}: label must be true/false or 0/1, got {json.dumps(value, ensure_ascii=False)[:40]}")
 
 
+def _check_encodable(obj, where: str) -> None:
+    """A lone surrogate escape ("\\ud800") parses as JSON but cannot be tokenized or written back as UTF-8."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"{where}: a string holds an invalid \\u escape (a lone surrogate)") from None
+
+
 def _parse_messages(value, where: str) -> list[dict]:
     if not isinstance(value, list) or not value:
         raise BadInput(f"{where}: 'messages' must be a non-empty list")
@@ -108,7 +116,8 @@ def read_jsonl(path: str | Path, need_label: bool = True, skip_invalid: bool = F
     rows: list[Row] = []
     skipped = 0
     fmt = None
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a row: splitlines() would also split at U+2028 or U+0085, which JSON strings may hold.
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{line_no}"
@@ -117,6 +126,10 @@ def read_jsonl(path: str | Path, need_label: bool = True, skip_invalid: bool = F
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise BadInput(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            except (ValueError, RecursionError) as exc:  # a 5,000-digit number, or nesting too deep
+                raise BadInput(f"{where}: malformed JSON ({type(exc).__name__})") from None
+            if "\\u" in line:
+                _check_encodable(obj, where)
             if fmt is None and isinstance(obj, dict):
                 fmt = "chat" if "messages" in obj else "labelled"
             rows.append(_parse_row(obj, line_no, fmt or "labelled", where, need_label))

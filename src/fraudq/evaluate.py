@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import resource
@@ -168,6 +169,8 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
     dataset = read_jsonl(data, need_label=True, skip_invalid=skip_invalid)
     if dataset.format != "labelled":
         raise BadInput(f"{data} is a chat-format file; eval needs labelled rows (instruction, input, label)")
+    if dataset.skipped:
+        log(f"skipped {dataset.skipped} invalid rows of {data} (--skip-invalid)")
     rows = dataset.rows[: cfg.limit] if cfg.limit else dataset.rows
     info = inspect_model(model_path, cfg.trust_remote_code, cfg.allow_pickle)
     device = resolve_device(cfg.device, "eval")
@@ -226,6 +229,7 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "data": str(dataset.path),
         "data_sha256": dataset.sha256,
         "rows": len(rows),
+        "skipped_invalid": dataset.skipped,
         "eval_config": {k: getattr(cfg, k) for k in PROMPT_KEYS},
         "batching": {"batch_size": cfg.eval_batch_size, "token_budget": cfg.token_budget, "batches": len(batches)},
         "device": device,
@@ -242,7 +246,11 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
     lines = [json.dumps({"id": r.id, "label": r.label, "prediction": p, "score": s,
                          **({"answer": a} if a is not None and p is None else {})}, ensure_ascii=False)
              for r, p, s, a in zip(rows, preds, scores, answers)]
-    atomic_write_text(predictions_path(out), "\n".join(lines) + "\n")
+    predictions_text = "\n".join(lines) + "\n"
+    # Two files, two renames: the results name the exact predictions they belong to, so a run interrupted
+    # between the renames leaves a pair that read_results refuses instead of one that silently mixes runs.
+    result["predictions_sha256"] = hashlib.sha256(predictions_text.encode("utf-8")).hexdigest()
+    atomic_write_text(predictions_path(out), predictions_text)
     atomic_write_json(out, result)
     log(format_result(result, out))
     return result
@@ -270,7 +278,11 @@ def read_results(path: Path) -> tuple[dict, list[dict]]:
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         preds_file = path.with_name(result["predictions_file"])
-        predictions = [json.loads(line) for line in preds_file.read_text(encoding="utf-8").splitlines() if line]
-    except (OSError, ValueError, KeyError, TypeError):
+        predictions_bytes = preds_file.read_bytes()
+        expected = result.get("predictions_sha256")  # absent in results written before it was recorded
+        if expected is not None and expected != hashlib.sha256(predictions_bytes).hexdigest():
+            raise ValueError("predictions do not match the results")
+        predictions = [json.loads(line) for line in predictions_bytes.decode("utf-8").splitlines() if line]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise BadInput(f"eval results {path} are missing or damaged; rerun 'fraudq eval'") from None
     return result, predictions

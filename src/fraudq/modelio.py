@@ -72,11 +72,16 @@ def inspect_model(
     if not path.is_dir() or not (path / "config.json").is_file():
         raise BadInput(f"{model} is not a model folder (no config.json)")
     config = _read_json(path / "config.json")
-    if config.get("auto_map") and not trust_remote_code:
-        raise BadInput(
-            f"{model} asks to run custom code from the checkpoint (auto_map in config.json); "
-            "pass --trust-remote-code only if you trust its author"
-        )
+    if not config.get("model_type"):
+        raise BadInput(f"{model} is not a model folder (config.json has no model_type)")
+    for name in ("config.json", "tokenizer_config.json"):
+        custom = config if name == "config.json" else (
+            _read_json(path / name) if (path / name).is_file() else {})
+        if custom.get("auto_map") and not trust_remote_code:
+            raise BadInput(
+                f"{model} asks to run custom code from the checkpoint (auto_map in {name}); "
+                "pass --trust-remote-code only if you trust its author"
+            )
     safetensors = sorted(path.glob("*.safetensors"))
     pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not safetensors:
@@ -99,8 +104,9 @@ def load_tokenizer(info: ModelInfo, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(
             str(info.path), local_files_only=True, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"cannot load the tokenizer of {info.path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - the Rust tokenizer raises plain Exception on a damaged file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BadInput(f"cannot load the tokenizer of {info.path}: {first}") from None
     if not getattr(tokenizer, "chat_template", None):
         raise BadInput(f"the tokenizer of {info.path} has no chat template; add one to tokenizer_config.json")
     if tokenizer.pad_token_id is None:

@@ -32,6 +32,10 @@ def _style(i: int, table: list):
     return table[i % len(table)]
 
 
+def _signed(value: float) -> str:
+    return f"{round(float(value), 3) + 0.0:+.3f}"  # + 0.0 turns -0.0 into 0.0: no "-0.000"
+
+
 def _label(model: dict, baseline: str) -> str:
     return f"{model['name']} (baseline)" if model["name"] == baseline else model["name"]
 
@@ -96,17 +100,23 @@ def _pr_plot(models: list[dict], baseline: str, path: Path) -> Path:
 def _size_plot(models: list[dict], baseline: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     sized = [(i, m) for i, m in enumerate(models) if m.get("size_bytes") is not None]
+    # GB for real checkpoints, MB for the small test models, so the axis never reads 0.0012.
+    scale, unit = (1e9, "GB, 10^9 bytes") if max((m["size_bytes"] for _, m in sized), default=0) >= 1e9 else (1e6, "MB, 10^6 bytes")
     for i, m in sized:
-        gb = m["size_bytes"] / 1e9
-        ax.plot(gb, m["f1"], marker=_style(i, MARKERS), color=_style(i, COLORS), markeredgecolor="black",
-                markersize=10, linestyle="none", label=_label(m, baseline))
-        ax.annotate(m["name"], (gb, m["f1"]), textcoords="offset points", xytext=(8, 6), fontsize=9)
-    ax.margins(x=0.2, y=0.3)
+        size = m["size_bytes"] / scale
+        # Size and F1 go in the legend, not beside the points: quantized models sit too close to label.
+        ax.plot(size, m["f1"], marker=_style(i, MARKERS), color=_style(i, COLORS), markeredgecolor="black",
+                markersize=10, linestyle="none", label=f"{_label(m, baseline)}: {size:.3g}, F1 {m['f1']:.3f}")
+    f1s = [m["f1"] for _, m in sized] or [0.0]
+    low, high = max(0.0, min(f1s) - 0.05), min(1.0, max(f1s)) + 0.03  # F1 cannot pass 1: no axis above it
+    ax.set_ylim(max(0.0, min(low, high - 0.12)), high)
+    ax.set_yticks([t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= 1.0 + 1e-9])
+    ax.margins(x=0.25)
     ax.set_xlim(left=0)
-    ax.set_xlabel("size on disk (GB, 10^9 bytes)")
+    ax.set_xlabel(f"size on disk ({unit})")
     ax.set_ylabel("F1 (fraction, 0 to 1)")
     ax.set_title("Model size vs F1")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -120,13 +130,17 @@ def _margins_plot(base: dict, others: list[dict], path: Path) -> Path:
                 label=f"{base['name']} (baseline)")
         # A dark outline over a light fill keeps contrast when printed in grayscale; the line
         # style still matches this model's PR curve.
+        shift = np.asarray(m["scores"], float) - np.asarray(base["scores"], float)
         ax.hist(m["scores"], bins=bins, histtype="step", color="black", linewidth=1.6,
-                linestyle=_style(i, LINESTYLES), label=m["name"])
-        ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # headroom so the legend covers no bars
+                linestyle=_style(i, LINESTYLES),
+                label=f"{m['name']} (shift: mean {_signed(shift.mean())}, median {_signed(np.median(shift))})")
+        if bins[0] <= 0.0 <= bins[-1]:
+            ax.axvline(0.0, color="0.3", linewidth=0.8)  # the decision threshold: right of it = fraud
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.45)  # headroom so the legend covers no bars
         ax.set_ylabel("rows (count)")
-        ax.legend(loc="upper center", ncol=2, fontsize=8)
+        ax.legend(loc="upper center", ncol=1, fontsize=8)
         ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("fraud score (model units; higher = more fraud)")
+    axes[-1, 0].set_xlabel("score margin: log P(true) - log P(false), nats (> 0 = fraud)")
     axes[0, 0].set_title("Score distributions vs the baseline")
     return _save(fig, path)
 

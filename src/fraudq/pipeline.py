@@ -1,0 +1,334 @@
+"""`fraudq run`: calib -> quantize 8 and 4 -> eval fp16/int8/int4 (score mode) -> compare, resumable.
+
+Each stage is skipped when the hashes of its inputs match the ones recorded beside its artifact:
+
+  calib          <calib file>.stamp.json   model fingerprint, calib data sha256, calib settings
+  quantize-intN  <work_dir>/intN.stamp.json model fingerprint, calib file sha256, bits + GPTQ settings
+  eval-NAME      the results JSON itself   model fingerprint, test data sha256, eval config (as compare checks)
+  compare        <work_dir>/compare.stamp.json  sha256 of every eval result it reads, seed
+
+A stamp also records the hash of the artifact it vouches for, so an artifact replaced or edited by hand
+is rebuilt. Nothing here looks at timestamps. `--force STAGE` reruns that stage; a stage downstream of it
+then reruns only if the rerun changed its artifact's bytes (quantizing twice on CPU gives identical bytes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import fraudq
+from fraudq.atomic import atomic_write_json
+from fraudq.calib import build_calibration, meta_path
+from fraudq.compare import compare, gather, log_examples, log_table, pick_baseline, resolve, stale_reasons
+from fraudq.config import Config
+from fraudq.data import file_sha256, read_jsonl
+from fraudq.errors import BadInput
+from fraudq.evaluate import evaluate_model, predictions_path
+from fraudq.modelio import fingerprint, inspect_model
+from fraudq.quantize import QUANT_KEYS, quantize_model
+
+BITS = (8, 4)
+MODELS = ("fp16", *(f"int{b}" for b in BITS))
+STAGES = ("calib", *(f"quantize-int{b}" for b in BITS), *(f"eval-{m}" for m in MODELS), "compare")
+CALIB_KEYS = ("calib_n", "max_len", "seed", "instruction")
+
+
+def stamp_path(artifact: Path) -> Path:
+    return artifact.with_name(artifact.name + ".stamp.json")
+
+
+def read_stamp(artifact: Path) -> dict | None:
+    try:
+        stamp = json.loads(stamp_path(artifact).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def write_stamp(artifact: Path, stage: str, inputs: dict, output: str) -> None:
+    atomic_write_json(stamp_path(artifact), {"stage": stage, "fraudq": fraudq.__version__, "inputs": inputs,
+                                             "output_sha256": output})
+
+
+def stamp_reasons(artifact: Path, inputs: dict, output: Callable[[], str | None]) -> list[str]:
+    """[] when the stamp beside `artifact` vouches for these inputs and the artifact is still what it made."""
+    stamp = read_stamp(artifact)
+    if stamp is None:
+        return ["no stamp"]
+    recorded = stamp.get("inputs") or {}
+    changed = [key for key in inputs if recorded.get(key) != inputs[key]]
+    if changed:
+        return [f"{', '.join(changed)} changed"]
+    current = output()
+    if current is None:
+        return ["output missing"]
+    if current != stamp.get("output_sha256"):
+        return ["output changed since it was stamped"]
+    return []
+
+
+class Hashes:
+    """Content hashes, each computed once per run and forgotten when a stage rewrites the file."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.cache: dict[tuple[str, Path], str | None] = {}
+
+    def _get(self, kind: str, path: Path, compute):
+        key = (kind, Path(path).resolve())
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+    def file(self, path: Path) -> str | None:
+        return self._get("file", path, lambda: file_sha256(path) if Path(path).is_file() else None)
+
+    def model(self, path: Path) -> str | None:
+        def compute():
+            if not (Path(path) / "config.json").is_file():
+                return None
+            try:
+                return fingerprint(inspect_model(path, self.cfg.trust_remote_code, self.cfg.allow_pickle))
+            except BadInput:
+                return None
+
+        return self._get("model", path, compute)
+
+    def forget(self, path: Path) -> None:
+        resolved = Path(path).resolve()
+        self.cache = {k: v for k, v in self.cache.items() if k[1] != resolved}
+
+
+class _Chatter(io.TextIOBase):
+    """Where library output (GPTQModel's tables, HF progress bars) goes while a stage runs: the stage's log.
+
+    Loggers that grabbed this stream during a stage keep it; outside a stage it writes to the real stderr.
+    """
+
+    sink = None
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        target = self.sink or sys.__stderr__
+        if target is not None:
+            target.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        target = self.sink or sys.__stderr__
+        if target is not None:
+            target.flush()
+
+
+_CHATTER = _Chatter()
+
+
+@contextlib.contextmanager
+def stage_log(log_file: Path, append: bool = False):
+    """Sends stdout and stderr (GPTQModel's tables, HF progress bars, import warnings) to a file."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    previous = _CHATTER.sink
+    with open(log_file, "a" if append else "w", encoding="utf-8") as sink:
+        _CHATTER.sink = sink
+        try:
+            with contextlib.redirect_stdout(_CHATTER), contextlib.redirect_stderr(_CHATTER):
+                yield
+        finally:
+            _CHATTER.sink = previous
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    artifact: Path
+    reasons: Callable[[], list[str]]  # [] = current
+    run: Callable[[Callable, Callable | None], None]  # (log, progress) -> None; writes artifact and stamp
+
+
+def _count_rows(cfg: Config) -> int:
+    rows = len(read_jsonl(cfg.test_data, need_label=True).rows)
+    return min(rows, cfg.limit) if cfg.limit else rows
+
+
+def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
+    model = Path(cfg.model)
+    calib = cfg.calib_path
+    compare_dir = cfg.work_path / "compare"
+
+    def calib_inputs():
+        return {"model": hashes.model(model), "calib_data": hashes.file(Path(cfg.calib_data)),
+                "config": {k: getattr(cfg, k) for k in CALIB_KEYS}}
+
+    def calib_output():
+        return hashes.file(calib) if meta_path(calib).is_file() else None
+
+    def run_calib(log, _progress):
+        inputs = calib_inputs()
+        build_calibration(cfg, cfg.calib_data, calib, force=True, log=log)
+        hashes.forget(calib)
+        write_stamp(calib, "calib", inputs, calib_output())
+
+    stages = [Stage("calib", calib, lambda: stamp_reasons(calib, calib_inputs(), calib_output), run_calib)]
+
+    for bits in BITS:
+        out = cfg.quant_dir(bits)
+
+        def quant_inputs(bits=bits):
+            return {"model": hashes.model(model), "calib": hashes.file(calib),
+                    "config": {"bits": bits, **{k: getattr(cfg, k) for k in QUANT_KEYS}}}
+
+        def run_quant(log, _progress, bits=bits, out=out):
+            inputs = quant_inputs(bits)
+            quantize_model(cfg, bits, calib, out, force=True, log=log)
+            hashes.forget(out)
+            write_stamp(out, f"quantize-int{bits}", inputs, hashes.model(out))
+
+        stages.append(Stage(f"quantize-int{bits}", out,
+                            lambda bits=bits, out=out: stamp_reasons(out, quant_inputs(bits), lambda: hashes.model(out)),
+                            run_quant))
+
+    for name in MODELS:
+        def entry(name=name):
+            return resolve(cfg, name)
+
+        def eval_reasons(name=name):
+            current = entry(name)
+            return stale_reasons(cfg, current, hashes.file(Path(cfg.test_data)), hashes.model(current.model_path))
+
+        def run_eval(log, progress, name=name):
+            current = entry(name)
+            evaluate_model(cfg, str(current.model_path), cfg.test_data, current.results_path, log=log,
+                           progress=progress)
+            hashes.forget(current.results_path)
+            hashes.forget(predictions_path(current.results_path))
+
+        stages.append(Stage(f"eval-{name}", cfg.eval_results_path(name), eval_reasons, run_eval))
+
+    def compare_inputs():
+        results = {}
+        for name in MODELS:
+            path = cfg.eval_results_path(name)
+            results[name] = [hashes.file(path), hashes.file(predictions_path(path))]
+        return {"results": results, "config": {"seed": cfg.seed, "plots": True}}
+
+    def compare_output():
+        return hashes.file(compare_dir / "compare.json")
+
+    def run_compare(log, _progress):
+        inputs = compare_inputs()
+        compare(cfg, list(MODELS), cfg.test_data, compare_dir, examples=examples, plot_dir=compare_dir / "plots",
+                log=log)
+        hashes.forget(compare_dir / "compare.json")
+        write_stamp(compare_dir, "compare", inputs, compare_output())
+
+    stages.append(Stage("compare", compare_dir, lambda: stamp_reasons(compare_dir, compare_inputs(), compare_output),
+                        run_compare))
+    return stages
+
+
+def parse_force(force: Sequence[str]) -> set[str]:
+    chosen = set()
+    for name in force:
+        if name == "all":
+            chosen.update(STAGES)
+        elif name in STAGES:
+            chosen.add(name)
+        else:
+            raise BadInput(f"--force: unknown stage {name!r}; stages: {', '.join(STAGES)} (or all)")
+    return chosen
+
+
+def check_inputs(cfg: Config) -> None:
+    for key, what in (("model", "--model"), ("calib_data", "--calib-data"), ("test_data", "--test-data")):
+        if not getattr(cfg, key):
+            raise BadInput(f"missing {what} (or {key} in the config)")
+    inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
+    for key in ("calib_data", "test_data"):
+        if not Path(getattr(cfg, key)).is_file():
+            raise BadInput(f"{key} {getattr(cfg, key)} does not exist")
+
+
+def run_pipeline(cfg: Config, force: Sequence[str] = (), examples: int = 0, out=None, err=None) -> dict:
+    """Runs every stale stage in order; returns {"ran": [...], "skipped": [...], "table": compare.json}.
+
+    out and err (default: sys.stdout / sys.stderr) get the stage lines and the progress bars; library
+    output goes to <work_dir>/logs/<stage>.log.
+    """
+    from tqdm import tqdm
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    cfg = dataclasses.replace(cfg, mode="score")  # AUC, PR curves and margins need scores
+    forced = parse_force(force)
+    check_inputs(cfg)
+    hashes = Hashes(cfg)
+    stages = build_stages(cfg, hashes, examples)
+    total_rows = _count_rows(cfg)
+    logs = cfg.work_path / "logs"
+    ran, skipped = [], []
+
+    def say(message: str) -> None:
+        tqdm.write(message, file=out)
+
+    bar = tqdm(total=len(stages), desc="", unit="stage", file=err, disable=None,
+               bar_format="fraudq run {desc:<14} {n_fmt}/{total_fmt} stages |{bar:20}| {elapsed}")
+    try:
+        for index, stage in enumerate(stages, start=1):
+            bar.set_description_str(stage.name)
+            prefix = f"[{index}/{len(stages)}] {stage.name:<14}"
+            reasons = ["forced"] if stage.name in forced else stage.reasons()
+            if not reasons:
+                skipped.append(stage.name)
+                say(f"{prefix} skipped: inputs unchanged")
+                bar.update(1)
+                continue
+            messages: list[str] = []
+            rows_bar = None
+            if stage.name.startswith("eval-"):
+                rows_bar = tqdm(total=total_rows, desc=stage.name, unit="row", file=err, disable=None,
+                                leave=False, position=1, bar_format="           {desc:<14} {n_fmt}/{total_fmt} rows "
+                                "|{bar:20}| {elapsed}<{remaining}, {rate_fmt}")
+            started = time.perf_counter()
+            log_file = logs / f"{stage.name}.log"
+            try:
+                with stage_log(log_file):
+                    stage.run(messages.append, rows_bar.update if rows_bar else None)
+            except BadInput:
+                raise
+            except BaseException:
+                say(f"{prefix} failed; library output is in {log_file}")
+                raise
+            finally:
+                if rows_bar is not None:
+                    rows_bar.close()
+            ran.append(stage.name)
+            say(f"{prefix} ran ({'; '.join(reasons)}) in {time.perf_counter() - started:.1f} s")
+            for message in messages:
+                say(message if stage.name == "compare" else "    " + message.replace("\n", "\n    "))
+            bar.update(1)
+    finally:
+        bar.close()
+
+    compare_dir = cfg.work_path / "compare"
+    table = json.loads((compare_dir / "compare.json").read_text(encoding="utf-8"))
+    if "compare" in skipped:  # the table is the point of the run: show the stored one
+        log_table(table, say)
+        if examples:
+            loaded = gather(cfg, list(MODELS), cfg.test_data, say)
+            log_examples(loaded, pick_baseline(loaded), examples, cfg.test_data, say)
+    say(f"skipped {len(skipped)} of {len(stages)} stages" + (f" ({', '.join(skipped)})" if skipped else "")
+        + f"; ran {len(ran)}" + (f" ({', '.join(ran)})" if ran else ""))
+    say(f"report: {compare_dir / 'compare.md'} (plots in {compare_dir / 'plots'}); logs: {logs}")
+    return {"ran": ran, "skipped": skipped, "table": table, "compare_dir": str(compare_dir)}
