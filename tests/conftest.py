@@ -44,6 +44,17 @@ def run_cli(*args: str, env: dict | None = None):
     return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
 
 
+def one_line_error(result, *needles) -> str:
+    """Exit 2, exactly one stderr line starting 'fraudq: error:', no traceback anywhere."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fraudq: error:"), result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 def write_config(path: Path, **values) -> Path:
     lines = [f"{k} = {_toml(v)}" for k, v in values.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

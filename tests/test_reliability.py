@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 
 CANARY_CALIB = "金丝雀校准句子CANARY-CALIB-7f3a，请勿外泄"
 CANARY_TEST = "金丝雀测试句子CANARY-TEST-91c2，请勿外泄"
@@ -38,17 +38,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def one_line_error(result, *needles):
-    """Exit 2, exactly one stderr line starting 'fraudq: error:', no traceback anywhere."""
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fraudq: error:"), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def rows_of(path: Path, n: int) -> list[dict]:

@@ -192,7 +192,7 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
     require(model, "--model")
     require(cfg.test_data, "--data (or test_data in the config)")
     target = out or cfg.eval_results_path(results_name(cfg, model))
-    with tqdm_progress("eval", cfg) as progress:
+    with row_progress("eval") as progress:
         evaluate_model(cfg, model, cfg.test_data, target, skip_invalid=skip_invalid, log=typer.echo,
                        progress=progress)
 
@@ -250,21 +250,13 @@ def require(value, what: str) -> None:
         raise BadInput(f"missing {what}")
 
 
-class tqdm_progress:
-    """A progress bar over rows, handed to library code as a plain callback."""
+@contextlib.contextmanager
+def row_progress(desc: str):
+    """A progress bar over rows on stderr, handed to library code as a plain callback."""
+    from tqdm import tqdm
 
-    def __init__(self, desc: str, cfg):
-        self.desc = desc
-
-    def __enter__(self):
-        from tqdm import tqdm
-
-        self.bar = tqdm(desc=self.desc, unit="row", file=sys.stderr, disable=None)
-        return self.bar.update
-
-    def __exit__(self, *exc):
-        self.bar.close()
-        return False
+    with tqdm(desc=desc, unit="row", file=sys.stderr, disable=None) as bar:
+        yield bar.update
 
 
 def main() -> None:
