@@ -119,3 +119,27 @@ def test_precision_at_recall():
 
 def test_margin_shift():
     assert margin_shift([1.0, 2.0, 3.0], [1.5, 1.0, 4.0]) == {"mean": pytest.approx((0.5 - 1.0 + 1.0) / 3), "median": 0.5}
+
+
+def test_bootstrap_matches_a_plain_loop_over_the_same_resamples():
+    """The vectorised bootstrap against the definition: recompute each metric row by row per resample."""
+    rng = np.random.default_rng(3)
+    n, resamples, seed = 60, 200, 11
+    labels = list(rng.random(n) < 0.5)
+    base = [bool(x) if rng.random() > 0.1 else not x for x in labels]
+    other = [bool(x) if rng.random() > 0.2 else not x for x in labels]
+    other[5] = None  # an invalid answer counts as wrong
+    indices = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    deltas = {m: [] for m in ("precision", "recall", "f1")}
+    for row in indices:
+        pick = lambda xs: [xs[i] for i in row]  # noqa: E731
+        before = rates(confusion(pick(labels), pick(base)))
+        after = rates(confusion(pick(labels), pick(other)))
+        for m in deltas:
+            deltas[m].append(after[m] - before[m])
+    got = bootstrap_deltas(labels, base, other, n_resamples=resamples, seed=seed)
+    for m, values in deltas.items():
+        lo, hi = np.quantile(values, [0.025, 0.975])
+        assert got[m]["lo"] == pytest.approx(lo, abs=1e-12) and got[m]["hi"] == pytest.approx(hi, abs=1e-12)
+        full = rates(confusion(labels, other))[m] - rates(confusion(labels, base))[m]
+        assert got[m]["delta"] == pytest.approx(full, abs=1e-12)
