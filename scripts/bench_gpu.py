@@ -171,9 +171,34 @@ def main() -> int:
             for path in args.work.glob(pattern):
                 if path.is_file():
                     tar.add(path, arcname=str(path.relative_to(args.work)))
-    print(json.dumps({k: result.get(k) for k in ("phase", "card", "ok", "error", "phase_wall_s")}))
     print(json.dumps(log, indent=1))
+    print(json.dumps({k: result.get(k) for k in ("phase", "card", "ok", "error", "phase_wall_s")}))
+    print(short_table(result))
     return 0 if result["ok"] else 1
+
+
+def short_table(result: dict) -> str:
+    """The few numbers a reader wants first, printed last so they end the device call's output."""
+    lines = [f"{'model':<6} {'quantize s':>10} {'score rows/s':>12} {'gen rows/s':>10} {'size MB':>9} "
+             f"{'P':>6} {'R':>6} {'F1':>6} {'AUC':>6}"]
+    if result.get("phase") == "quality":
+        models = result.get("models", {})
+        rows = {name: (m.get("quant_report", {}).get("timings", {}).get("total_s"), m.get("score", {}),
+                       m.get("generate", {})) for name, m in models.items()}
+    else:
+        report = result.get("quant_report") or {}
+        rows = {name: (report.get("timings", {}).get("total_s") if name != "fp16" else None,
+                       e.get("score", {}), e.get("generate", {})) for name, e in result.get("evals", {}).items()}
+
+    def cell(value, width, digits=1):
+        return f"{value:>{width}.{digits}f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
+    for name, (quant_s, score, generate) in rows.items():
+        size = score.get("size_bytes") / 1e6 if score.get("size_bytes") else None
+        lines.append(f"{name:<6} {cell(quant_s, 10)} {cell(score.get('samples_per_s'), 12)} "
+                     f"{cell(generate.get('samples_per_s'), 10)} {cell(size, 9)} "
+                     + " ".join(cell(score.get(k), 6, 4) for k in ("precision", "recall", "f1", "auc")))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
