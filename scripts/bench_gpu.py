@@ -9,6 +9,9 @@ reports it wrote. Phases (run one per device call; merge the JSON files with scr
     speed8   build the `qwen2-1.5b`-shaped model (random init), eval fp16 (score, generate),
              calib, quantize int8, eval int8 (score, generate) -> speed figures
     speed4   the same for int4
+    levers   a 4-layer slice of the `qwen2-1.5b` shape, quantized int8 once per GPTQ setting
+             (calibration batch 32/128, true-sequential on/off) and evaluated at three token budgets:
+             which levers of the speed issue move the time, and what they cost in GPTQ loss
 
     python scripts/bench_gpu.py --phase quality --data .gpu/data --out $OUT
 """
@@ -133,13 +136,56 @@ def phase_speed(bits: int, data: Path, work: Path, env: dict, log: list, generat
     evaluate(f"int{bits}", str(runs / f"int{bits}"))
 
 
+LEVERS = {
+    "b32-seq": ["--batch-size", "32"],
+    "b128-seq": ["--batch-size", "128"],
+    "b32-noseq": ["--batch-size", "32", "--no-true-sequential"],
+    "b128-noseq": ["--batch-size", "128", "--no-true-sequential"],
+}
+TOKEN_BUDGETS = (16384, 65536, 262144)
+
+
+def phase_levers(data: Path, work: Path, env: dict, log: list, result: dict, save, preset: str, layers: int,
+                 device: str) -> None:
+    """Each variant quantizes the same slice with the same calibration rows, so times and losses compare."""
+    model = work / f"{preset}-{layers}l"
+    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", preset, "--synthetic", "8",
+         "--epochs", "0", "--layers", str(layers), "--out", str(model), "--seed", "0", "--device", device],
+        log, env, 200)
+    env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
+           "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl"), "FRAUDQ_DEVICE": device}
+    runs = work / "runs"
+    run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
+    result.update({"model": f"{preset} ({layers} layers)", "calib": read(runs / "calib.jsonl.meta.json")["stats"],
+                   "variants": {}, "eval_token_budget": {}})
+    save()
+    for name, flags in LEVERS.items():
+        out = runs / f"int8-{name}"
+        run(fraudq("quantize", "--bits", "8", "--out", str(out), *flags), log, env, 240)
+        report = read(out / "quant_report.json")
+        losses = [m["loss"] for m in report["modules"] if m["loss"] is not None]
+        result["variants"][name] = {"flags": flags, "timings": report["timings"], "stages": report.get("stages"),
+                                    "memory": report["memory"], "mean_module_loss": sum(losses) / len(losses)}
+        save()
+    for budget in TOKEN_BUDGETS:
+        for name, path in (("fp16", model), ("int8", runs / "int8-b32-seq")):
+            out = runs / "eval" / f"{name}-budget{budget}.json"
+            run(fraudq("eval", "--model", str(path), "--out", str(out)), log,
+                {**env, "FRAUDQ_TOKEN_BUDGET": str(budget)}, 240)
+            result["eval_token_budget"][f"{name}@{budget}"] = eval_summary(read(out))
+            save()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("quality", "speed8", "speed4"), required=True)
+    parser.add_argument("--phase", choices=("quality", "speed8", "speed4", "levers"), required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder with the anti_fraud JSONL files")
     parser.add_argument("--out", type=Path, required=True, help="folder for <phase>.json and artifacts")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fraudq-bench"))
     parser.add_argument("--generate-limit", type=int, default=1024, help="rows for generate-mode speed")
+    parser.add_argument("--levers-preset", default="qwen2-1.5b", help="levers: the shape to slice (tiny: CPU dry run)")
+    parser.add_argument("--levers-layers", type=int, default=4, help="levers: layers in the slice")
+    parser.add_argument("--levers-device", default="cuda", help="levers: cuda, or cpu for a dry run")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
@@ -158,6 +204,9 @@ def main() -> int:
     try:
         if args.phase == "quality":
             result.update(phase_quality(args.data, args.work, env, log))
+        elif args.phase == "levers":
+            phase_levers(args.data, args.work, env, log, result, save, args.levers_preset, args.levers_layers,
+                         args.levers_device)
         else:
             phase_speed(int(args.phase[-1]), args.data, args.work, env, log, args.generate_limit, result, save)
         result["ok"] = True
@@ -181,6 +230,14 @@ def short_table(result: dict) -> str:
     """The few numbers a reader wants first, printed last so they end the device call's output."""
     lines = [f"{'model':<6} {'quantize s':>10} {'score rows/s':>12} {'gen rows/s':>10} {'size MB':>9} "
              f"{'P':>6} {'R':>6} {'F1':>6} {'AUC':>6}"]
+    if result.get("phase") == "levers":
+        lines = [f"{'variant':<11} {'total s':>8} {'quantize s':>10} {'peak GPU GB':>11} {'mean module loss':>16}"]
+        for name, v in result.get("variants", {}).items():
+            lines.append(f"{name:<11} {v['timings']['total_s']:>8.1f} {v['timings']['quantize_s']:>10.1f} "
+                         f"{v['memory'].get('peak_gpu_gb', float('nan')):>11.2f} {v['mean_module_loss']:>16.4g}")
+        for name, e in result.get("eval_token_budget", {}).items():
+            lines.append(f"eval {name:<20} {e['samples_per_s']:>8.1f} rows/s  peak {e['memory']}")
+        return "\n".join(lines)
     if result.get("phase") == "quality":
         models = result.get("models", {})
         rows = {name: (m.get("quant_report", {}).get("timings", {}).get("total_s"), m.get("score", {}),

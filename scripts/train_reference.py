@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         help="'default': train with DEFAULT_INSTRUCTION, the one eval sends; 'row': each row's own",
     )
     parser.add_argument("--log-json", type=Path, help="write the loss history and timings here")
+    parser.add_argument("--layers", type=int, default=None, help="keep the preset's widths, use this many layers")
     args = parser.parse_args(argv)
 
     if args.data is not None:
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         max_len=args.max_len,
         log=lambda msg: print(msg, flush=True),
+        layers=args.layers,
     )
     if args.log_json:
         args.log_json.parent.mkdir(parents=True, exist_ok=True)

@@ -283,10 +283,13 @@ def train_reference(
     device: str | None = None,
     max_len: int = 512,
     log=print,
+    layers: int | None = None,
 ) -> dict:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     spec = PRESETS[preset]
+    if layers:  # a slice of the preset's shape: same widths, fewer layers, for quick speed sweeps
+        spec = {**spec, "model": {**spec["model"], "num_hidden_layers": layers}}
     epochs = spec["epochs"] if epochs is None else float(epochs)
     device = _pick_device(spec, device)
     started = time.perf_counter()
