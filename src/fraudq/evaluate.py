@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import resource
 import time
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from fraudq.config import Config
 from fraudq.data import read_jsonl
 from fraudq.errors import BadInput
 from fraudq.metrics import confusion, rates, roc_auc
-from fraudq.modelio import dir_size, fingerprint, inspect_model, load_model, load_tokenizer, resolve_device
+from fraudq.modelio import (dir_size, fingerprint, inspect_model, load_model, load_tokenizer, peak_memory,
+                            resolve_device)
 
 MODES = ("score", "generate")
 # Keys of the config that change what an eval measures; compare refuses to mix results that differ here.
@@ -239,7 +239,7 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "samples_per_s": round(len(rows) / wall_s, 2) if wall_s > 0 else None,
         "wall_s": round(wall_s, 3),
         "load_s": round(load_s, 3),
-        "memory": _peak_memory(device),
+        "memory": peak_memory(device),
         "size_bytes": dir_size(info.path),
         "predictions_file": predictions_path(out).name,
     }
@@ -254,15 +254,6 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
     atomic_write_json(out, result)
     log(format_result(result, out))
     return result
-
-
-def _peak_memory(device: str) -> dict:
-    import torch
-
-    peak = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)}
-    if device.startswith("cuda"):
-        peak["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
-    return peak
 
 
 def format_result(result: dict, out: Path) -> str:

@@ -126,6 +126,18 @@ def resolve_device(device: str, purpose: str) -> str:
     return device
 
 
+def peak_memory(device: str) -> dict:
+    """Peak resident memory of this process, and peak GPU memory allocated since the last reset."""
+    import resource
+
+    import torch
+
+    peak = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)}
+    if device.startswith("cuda"):
+        peak["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    return peak
+
+
 def default_dtype(device: str):
     import torch
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from fraudq.atomic import atomic_dir, atomic_write_json, check_writable
 from fraudq.calib import read_calibration, tokenizer_fingerprint
 from fraudq.config import Config
 from fraudq.errors import BadInput
-from fraudq.modelio import dir_size, inspect_model, load_tokenizer, resolve_device
+from fraudq.modelio import dir_size, inspect_model, load_tokenizer, peak_memory, resolve_device
 
 VALID_BITS = (2, 3, 4, 8)
 # Settings that change the quantized weights: recorded in quant_report.json and in `fraudq run`'s stamps.
@@ -48,15 +47,6 @@ def validate_settings(cfg: Config, bits: int, model_config: dict) -> None:
     for name, width in widths.items():
         if width % cfg.group_size:
             raise BadInput(f"--group-size {cfg.group_size} does not divide {name} {width}; use -1 or a divisor")
-
-
-def peak_memory(device: str) -> dict:
-    import torch
-
-    peak = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)}
-    if device.startswith("cuda"):
-        peak["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
-    return peak
 
 
 def _versions() -> dict:
