@@ -144,7 +144,8 @@ def read_calibration(path: Path) -> tuple[list[list[int]], dict]:
         raise BadInput(f"{path} is damaged (line {len(rows) + 1}); rebuild it with 'fraudq calib'") from None
     if not rows:
         raise BadInput(f"calibration file {path} is empty; rebuild it with 'fraudq calib'")
-    if not isinstance(meta, dict) or meta.get("calib_sha256", file_sha256(path)) != file_sha256(path):
+    body_sha = file_sha256(path)
+    if not isinstance(meta, dict) or meta.get("calib_sha256", body_sha) != body_sha:
         raise BadInput(f"{path} does not match {meta_path(path).name} (an interrupted 'fraudq calib'?); "
                        "rebuild it with 'fraudq calib --force'")
     return rows, meta

@@ -78,10 +78,6 @@ def stale_reasons(cfg: Config, entry: Entry, data_sha: str, model_fingerprint: s
     return [f"{what} changed" for what, ok in same.items() if not ok]
 
 
-def is_current(cfg: Config, entry: Entry, data_sha: str) -> bool:
-    return not stale_reasons(cfg, entry, data_sha)
-
-
 def gather(cfg: Config, names: list[str], data: str | None, log=print) -> list[tuple[Entry, dict, list[dict]]]:
     if not names:
         raise BadInput("name at least one model to compare, e.g. 'fraudq compare int8 int4 fp16'")
@@ -94,7 +90,7 @@ def gather(cfg: Config, names: list[str], data: str | None, log=print) -> list[t
     data_sha = file_sha256(Path(data)) if needs_eval and Path(data).is_file() else None
     loaded = []
     for entry in entries:
-        if entry.model_path is not None and not is_current(cfg, entry, data_sha):
+        if entry.model_path is not None and stale_reasons(cfg, entry, data_sha):
             log(f"evaluating {entry.name} ({entry.model_path}): no current result")
             evaluate_model(cfg, str(entry.model_path), data, entry.results_path, log=log)
         result, predictions = read_results(entry.results_path)

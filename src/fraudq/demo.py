@@ -49,10 +49,6 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
 def _toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -62,7 +58,7 @@ def _toml_value(value) -> str:
 
 
 def make_data(data_dir: Path, train_rows: int, test_rows: int, calib_rows: int) -> dict[str, Path]:
-    from fraudq.synth import generate_dialogues
+    from fraudq.synth import generate_dialogues, to_jsonl
 
     rows = generate_dialogues(train_rows + test_rows + calib_rows, seed=SEED)
     splits = {"train": rows[:train_rows], "test": rows[train_rows:train_rows + test_rows],
@@ -70,7 +66,7 @@ def make_data(data_dir: Path, train_rows: int, test_rows: int, calib_rows: int) 
     paths = {}
     for name, part in splits.items():
         paths[name] = data_dir / f"{name}.jsonl"
-        write_if_changed(paths[name], jsonl(part))
+        write_if_changed(paths[name], to_jsonl(part))
     return paths
 
 
