@@ -158,15 +158,21 @@ def quantize(bits: Annotated[int, typer.Option("--bits", help="2, 3, 4 or 8.")],
              sym: Annotated[Optional[bool], typer.Option("--sym/--no-sym")] = None,
              true_sequential: Annotated[Optional[bool], typer.Option("--true-sequential/--no-true-sequential")] = None,
              static_groups: Annotated[Optional[bool], typer.Option("--static-groups/--no-static-groups")] = None,
-             batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Calibration rows per forward.")] = None,
+             batch_size: Annotated[Optional[int], typer.Option(
+                 "--batch-size", help="Calibration rows per forward (--engine gptqmodel).")] = None,
+             engine: Annotated[Optional[str], typer.Option(
+                 "--engine", help="fraudq (fast driver) or gptqmodel (the library's own loop).")] = None,
+             batch_tokens: Annotated[Optional[int], typer.Option(
+                 "--batch-tokens", help="Padded calibration tokens per forward (--engine fraudq).")] = None,
              device: Device = None, force: Force = False, trust_remote_code: TrustRemoteCode = None,
              config_file: ConfigFile = None):
-    """GPTQ-quantize the model with GPTQModel and write a checkpoint plus quant_report.json."""
+    """GPTQ-quantize the model (GPTQModel's math and format) and write a checkpoint plus quant_report.json."""
     from fraudq.quantize import quantize_model
 
     cfg = config_from(config_file, model=model, calib_file=calib, group_size=group_size, damp=damp,
                       desc_act=desc_act, sym=sym, true_sequential=true_sequential, static_groups=static_groups,
-                      quant_batch_size=batch_size, device=device, trust_remote_code=trust_remote_code)
+                      quant_batch_size=batch_size, engine=engine, quant_batch_tokens=batch_tokens, device=device,
+                      trust_remote_code=trust_remote_code)
     require(cfg.model, "--model (or model in the config)")
     quantize_model(cfg, bits, cfg.calib_path, out or cfg.quant_dir(bits), force=force, log=typer.echo)
 

@@ -40,6 +40,9 @@ class Config:
     true_sequential: bool = True
     static_groups: bool = False
     quant_batch_size: int = 1
+    engine: str = "fraudq"  # fraudq: fraudq's driver around GPTQModel's math; gptqmodel: the library's own loop
+    quant_batch_tokens: int = 16384  # fraudq engine: padded calibration tokens per forward
+    hessian_tf32: bool = True  # fraudq engine on CUDA: X^T X on TF32 tensor cores (fp16 inputs are exact in TF32)
     device: str = "auto"  # quantize: a GPU, unless --device cpu; eval and load: the GPU if there is one
     backend: str = "auto"  # GPTQModel kernel for loading quantized models: auto, torch, triton, marlin
     # [eval]

@@ -16,7 +16,9 @@ from fraudq.modelio import dir_size, inspect_model, load_tokenizer, peak_memory,
 
 VALID_BITS = (2, 3, 4, 8)
 # Settings that change the quantized weights: recorded in quant_report.json and in `fraudq run`'s stamps.
-QUANT_KEYS = ("group_size", "damp", "desc_act", "sym", "true_sequential", "static_groups", "quant_batch_size")
+QUANT_KEYS = ("group_size", "damp", "desc_act", "sym", "true_sequential", "static_groups", "quant_batch_size",
+              "engine", "quant_batch_tokens", "hessian_tf32")
+ENGINES = ("fraudq", "gptqmodel")
 
 
 def linear_in_features(config: dict) -> dict[str, int]:
@@ -36,6 +38,12 @@ def validate_settings(cfg: Config, bits: int, model_config: dict) -> None:
         raise BadInput(f"--damp must be between 0 and 1 (exclusive), got {cfg.damp}")
     if cfg.quant_batch_size < 1:
         raise BadInput(f"--batch-size must be at least 1, got {cfg.quant_batch_size}")
+    if cfg.engine not in ENGINES:
+        raise BadInput(f"--engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
+    if cfg.engine == "fraudq" and (cfg.desc_act or cfg.static_groups):
+        raise BadInput("--desc-act and --static-groups need --engine gptqmodel; fraudq's engine does plain GPTQ order")
+    if cfg.quant_batch_tokens < 1:
+        raise BadInput(f"--batch-tokens must be at least 1, got {cfg.quant_batch_tokens}")
     if cfg.group_size == -1:
         return
     if cfg.group_size <= 0:
@@ -89,6 +97,8 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
         offload_to_disk=False,  # keeps the run in memory and no temp path lands in the saved config
         device=device,
     )
+    if cfg.engine == "fraudq" and device.startswith("cuda"):
+        quant_config.pack_impl = "gpu"  # GPTQModel's own GPU packer; its CPU packer took ~70 s on the 1.5B model
     calibration = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in token_ids]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -100,7 +110,11 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
         model = GPTQModel.load(str(info.path), quant_config, trust_remote_code=cfg.trust_remote_code)
         timings["load_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        quant_log = model.quantize(calibration, batch_size=cfg.quant_batch_size, tokenizer=tokenizer)
+        if cfg.engine == "fraudq":
+            engine_result = _run_fraudq_engine(model, token_ids, cfg, device, tokenizer, log)
+        else:
+            quant_log = model.quantize(calibration, batch_size=cfg.quant_batch_size, tokenizer=tokenizer)
+            engine_result = {"stages": stage_timings(model), "modules": module_rows(quant_log)}
         timings["quantize_s"] = time.perf_counter() - start
         start = time.perf_counter()
         model.save(str(tmp))
@@ -118,14 +132,39 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "memory": peak_memory(device),
             "size_bytes": {"before": dir_size(info.path), "after": dir_size(tmp)},
-            "stages": stage_timings(model),
-            "modules": module_rows(quant_log),
+            "engine": cfg.engine,
+            "stages": engine_result["stages"],
+            "modules": engine_result["modules"],
         }
         atomic_write_json(tmp / "quant_report.json", report)
     log(f"quantized {info.path} to {bits}-bit in {timings['total_s']:.1f} s; "
         f"size {report['size_bytes']['before'] / 1e6:.1f} MB -> {report['size_bytes']['after'] / 1e6:.1f} MB; "
         f"written to {out}")
     return report
+
+
+def _run_fraudq_engine(model, token_ids, cfg: Config, device: str, tokenizer, log) -> dict:
+    """GPTQModel's `quantize` with its calibration loop replaced by fraudq's driver (see gptq_fast.py).
+
+    Going through `quantize` keeps the library's own kernel selection and bookkeeping around the loop.
+    """
+    from gptqmodel.quantization.config import METHOD
+
+    from fraudq.gptq_fast import quantize_layers
+
+    result = {}
+
+    def driver(**_ignored):
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        result.update(quantize_layers(model, token_ids, model.quantize_config, device, cfg.quant_batch_tokens,
+                                      cfg.hessian_tf32, pad_id, log=lambda _msg: None))
+        model.quantized = True
+        model.quantize_config.method = METHOD.GPTQ
+        return {}
+
+    model._quantize_with_calibration = driver
+    model.quantize([{"input_ids": ids} for ids in token_ids[:1]], tokenizer=tokenizer)
+    return result
 
 
 def stage_timings(model) -> dict:
