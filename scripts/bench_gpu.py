@@ -136,6 +136,41 @@ def phase_speed(bits: int, data: Path, work: Path, env: dict, log: list, generat
     evaluate(f"int{bits}", str(runs / f"int{bits}"))
 
 
+def phase_fast(data: Path, work: Path, env: dict, log: list, result: dict, save, layers: int | None) -> None:
+    """fraudq's engine on the qwen2-1.5b shape: quantize int8 and int4 through the CLI, then the eval probe.
+
+    A 2-layer slice goes first so that a broken engine fails in seconds, not minutes.
+    """
+    runs = work / "runs"
+    env = {**env, "FRAUDQ_WORK_DIR": str(runs), "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
+    for name, slice_layers in (("slice", 2), ("full", layers)):
+        model = work / f"qwen2-1.5b-{name}"
+        extra = ["--layers", str(slice_layers)] if slice_layers else []
+        run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", "qwen2-1.5b", "--synthetic",
+             "8", "--epochs", "0", "--out", str(model), "--seed", "0", "--device", "cuda", *extra], log, env, 200)
+        model_env = {**env, "FRAUDQ_MODEL": str(model)}
+        calib = runs / "calib.jsonl"
+        if not calib.is_file():
+            run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, model_env, 120)
+            result["calib"] = read(runs / "calib.jsonl.meta.json")["stats"]
+        for bits in (8, 4) if name == "full" else (4,):
+            out = runs / f"{name}-int{bits}"
+            wall = run(fraudq("quantize", "--bits", str(bits), "--out", str(out)), log, model_env, 300)
+            report = read(out / "quant_report.json")
+            result[f"{name}-int{bits}"] = {"cli_wall_s": round(wall, 2), "timings": report["timings"],
+                                           "stages": report["stages"], "memory": report["memory"],
+                                           "size_bytes": report["size_bytes"], "modules": report["modules"]}
+            save()
+    probe = work / "probe.json"
+    full = work / "qwen2-1.5b-full"
+    for path, backends in ((full, "fp16"), (runs / "full-int8", "torch,triton"), (runs / "full-int4", "torch,triton")):
+        run([sys.executable, str(ROOT / "scripts" / "probe_eval.py"), "--model", str(path), "--backend", backends,
+             "--data", str(data / "test0819.jsonl"), "--budgets", "16384,65536",
+             "--generate-budgets", "16384,65536" if path == full else "", "--out", str(probe)], log, env, 240)
+        result["probe"] = read(probe)
+        save()
+
+
 LEVERS = {
     "b32-seq": ["--batch-size", "32"],
     "b128-seq": ["--batch-size", "128"],
@@ -178,7 +213,7 @@ def phase_levers(data: Path, work: Path, env: dict, log: list, result: dict, sav
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("quality", "speed8", "speed4", "levers"), required=True)
+    parser.add_argument("--phase", choices=("quality", "speed8", "speed4", "levers", "fast"), required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder with the anti_fraud JSONL files")
     parser.add_argument("--out", type=Path, required=True, help="folder for <phase>.json and artifacts")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fraudq-bench"))
@@ -204,6 +239,8 @@ def main() -> int:
     try:
         if args.phase == "quality":
             result.update(phase_quality(args.data, args.work, env, log))
+        elif args.phase == "fast":
+            phase_fast(args.data, args.work, env, log, result, save, None)
         elif args.phase == "levers":
             phase_levers(args.data, args.work, env, log, result, save, args.levers_preset, args.levers_layers,
                          args.levers_device)
@@ -230,6 +267,17 @@ def short_table(result: dict) -> str:
     """The few numbers a reader wants first, printed last so they end the device call's output."""
     lines = [f"{'model':<6} {'quantize s':>10} {'score rows/s':>12} {'gen rows/s':>10} {'size MB':>9} "
              f"{'P':>6} {'R':>6} {'F1':>6} {'AUC':>6}"]
+    if result.get("phase") == "fast":
+        lines = [f"{'run':<12} {'total s':>8} {'quantize s':>10} {'peak GPU GB':>11}  stages"]
+        for name in ("slice-int4", "full-int8", "full-int4"):
+            if name in result:
+                r = result[name]
+                lines.append(f"{name:<12} {r['timings']['total_s']:>8.1f} {r['timings']['quantize_s']:>10.1f} "
+                             f"{r['memory'].get('peak_gpu_gb', float('nan')):>11.2f}  {r['stages']}")
+        for key, v in result.get("probe", {}).items():
+            lines.append(f"{key:<40} {v['rows_per_s']:>8} rows/s  steady {v['steady_rows_per_s']}  "
+                         f"first {v['first_batch_s']} s  peak {v['peak_gpu_gb']} GB")
+        return "\n".join(lines)
     if result.get("phase") == "levers":
         lines = [f"{'variant':<11} {'total s':>8} {'quantize s':>10} {'peak GPU GB':>11} {'mean module loss':>16}"]
         for name, v in result.get("variants", {}).items():

@@ -210,6 +210,7 @@ def _layer_output(result):
     return result[0] if isinstance(result, tuple) else result
 
 
+@torch.no_grad()
 def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int, tf32: bool, pad_id: int,
                     log=print) -> dict:
     """Quantize every decoder layer in place and pack it; returns stage seconds and per-module rows."""
