@@ -4,14 +4,16 @@ Every phase runs fraudq's own CLI (`python -m fraudq ...`) as a user would, time
 reports it wrote. Phases (run one per device call; merge the JSON files with scripts/bench_merge.py):
 
     quality  train the `small` reference classifier on train.jsonl, calib on all of calib0819_chatml.jsonl,
-             quantize int8 and int4, eval fp16/int8/int4 on test0819.jsonl (score mode) and fp16 in
-             generate mode, compare with plots.              -> quality figures
-    speed8   build the `qwen2-1.5b`-shaped model (random init), eval fp16 (score, generate),
-             calib, quantize int8, eval int8 (score, generate) -> speed figures
+             quantize int8 and int4 with fraudq's engine and with GPTQModel's loop, eval fp16/int8/int4 on
+             test0819.jsonl (score mode), compare with plots, equivalence of the two engines, and fp16 in
+             generate mode                                   -> quality figures
+    speed    build the `qwen2-1.5b`-shaped model (random init), calib, quantize int8 and int4 with the
+             default engine, eval fp16/int8/int4 in score and generate mode -> speed figures
+    speed8   (first session, GPTQModel's loop) eval fp16, quantize int8 at batch 32, eval int8
     speed4   the same for int4
-    levers   a 4-layer slice of the `qwen2-1.5b` shape, quantized int8 once per GPTQ setting
-             (calibration batch 32/128, true-sequential on/off) and evaluated at three token budgets:
-             which levers of the speed issue move the time, and what they cost in GPTQ loss
+    levers   (first session) a 4-layer slice of the `qwen2-1.5b` shape, quantized int8 by GPTQModel's loop
+             once per setting (calibration batch 32/128, true-sequential on/off), evaluated at three token
+             budgets
 
     python scripts/bench_gpu.py --phase quality --data .gpu/data --out $OUT
 """
@@ -67,33 +69,71 @@ def eval_summary(result: dict) -> dict:
     return {k: result.get(k) for k in keys}
 
 
-def phase_quality(data: Path, work: Path, env: dict, log: list) -> dict:
+def phase_quality(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
+    """The `small` classifier quantized by fraudq's engine (the default) and by GPTQModel's own loop.
+
+    The two checkpoints come from the same model, config and calibration rows; `equivalence` holds their
+    per-module GPTQ losses and eval predictions side by side.
+    """
     model = work / "small"
     train_log = work / "train_small.json"
     run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", "small", "--data",
          str(data / "train.jsonl"), "--out", str(model), "--seed", "0", "--device", "cuda",
          "--log-json", str(train_log)], log, env, 400)
+    result.update({"model": "small", "train": read(train_log) if train_log.is_file() else None, "models": {}})
     env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
            "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
-    run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
-    quant = {}
-    for bits in (8, 4):
-        quant[bits] = run(fraudq("quantize", "--bits", str(bits), "--batch-size", "32"), log, env, 400)
-    run(fraudq("compare", "int8", "int4", "fp16", "--plot", str(work / "runs" / "compare" / "plots")),
-        log, env, 300)
-    run(fraudq("eval", "--model", str(model), "--mode", "generate"), log, env, 300)
     runs = work / "runs"
-    models = {}
+    run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
+    result["calib"] = read(runs / "calib.jsonl.meta.json")["stats"]
+    for bits in (8, 4):
+        run(fraudq("quantize", "--bits", str(bits)), log, env, 200)
+        run(fraudq("quantize", "--bits", str(bits), "--engine", "gptqmodel", "--batch-size", "32",
+                   "--out", str(runs / f"int{bits}-gptqmodel")), log, env, 300)
+        save()
+    run(fraudq("compare", "int8", "int4", "fp16", "--plot", str(runs / "compare" / "plots")), log, env, 300)
     for name in ("fp16", "int8", "int4"):
-        models[name] = {"score": eval_summary(read(runs / "eval" / f"{name}.json"))}
+        result["models"][name] = {"score": eval_summary(read(runs / "eval" / f"{name}.json"))}
         if name != "fp16":
-            models[name]["quant_report"] = read(runs / name / "quant_report.json")
-    models["fp16"]["generate"] = eval_summary(read(runs / "eval" / "fp16.generate.json"))
-    models["fp16"]["score_generate_agreement"] = agreement(runs / "eval" / "fp16.predictions.jsonl",
-                                                           runs / "eval" / "fp16.generate.predictions.jsonl")
-    return {"model": "small", "train": read(train_log) if train_log.is_file() else None,
-            "calib": read(runs / "calib.jsonl.meta.json")["stats"], "models": models,
-            "compare": read(runs / "compare" / "compare.json")}
+            result["models"][name]["quant_report"] = read(runs / name / "quant_report.json")
+    result["compare"] = read(runs / "compare" / "compare.json")
+    save()
+    result["equivalence"] = {}
+    for bits in (8, 4):
+        library = runs / f"int{bits}-gptqmodel"
+        out = runs / "eval" / f"int{bits}-gptqmodel.json"
+        run(fraudq("eval", "--model", str(library), "--out", str(out)), log, env, 200)
+        result["equivalence"][f"int{bits}"] = equivalence(
+            read(runs / f"int{bits}" / "quant_report.json"), read(library / "quant_report.json"),
+            runs / "eval" / f"int{bits}.predictions.jsonl", runs / "eval" / f"int{bits}-gptqmodel.predictions.jsonl",
+            runs / "eval" / "fp16.predictions.jsonl")
+        result["equivalence"][f"int{bits}"]["library_eval"] = eval_summary(read(out))
+        save()
+    run(fraudq("eval", "--model", str(model), "--mode", "generate"), log, env, 300)
+    result["models"]["fp16"]["generate"] = eval_summary(read(runs / "eval" / "fp16.generate.json"))
+    result["models"]["fp16"]["score_generate_agreement"] = agreement(runs / "eval" / "fp16.predictions.jsonl",
+                                                                     runs / "eval" / "fp16.generate.predictions.jsonl")
+
+
+def equivalence(ours: dict, library: dict, our_preds: Path, library_preds: Path, fp16_preds: Path) -> dict:
+    """fraudq's engine against GPTQModel's loop: per-module loss ratios and prediction agreement."""
+    theirs = {(m["layer"], m["module"]): m["loss"] for m in library["modules"]}
+    ratios = sorted(m["loss"] / theirs[(m["layer"], m["module"])] - 1 for m in ours["modules"]
+                    if theirs.get((m["layer"], m["module"])))
+    spread = sorted(abs(r) for r in ratios)
+
+    def pick(fraction):
+        return round(spread[min(len(spread) - 1, int(fraction * len(spread)))], 5)
+
+    ours_total = sum(m["loss"] for m in ours["modules"])
+    theirs_total = sum(theirs.values())
+    return {"modules": len(ratios), "loss_ratio_abs_median": pick(0.5), "loss_ratio_abs_p90": pick(0.9),
+            "loss_ratio_abs_max": round(spread[-1], 5), "within_1pct": sum(r <= 0.01 for r in spread),
+            "summed_loss_ratio": round(ours_total / theirs_total - 1, 5),
+            "predictions_vs_library": agreement(our_preds, library_preds),
+            "library_vs_fp16": agreement(fp16_preds, library_preds),
+            "ours_vs_fp16": agreement(fp16_preds, our_preds),
+            "quantize_total_s": {"fraudq": ours["timings"]["total_s"], "gptqmodel": library["timings"]["total_s"]}}
 
 
 def agreement(a: Path, b: Path) -> dict:
@@ -104,7 +144,7 @@ def agreement(a: Path, b: Path) -> dict:
     return {"rows": len(left), "same": same, "fraction": round(same / len(left), 5), "generate_invalid": invalid}
 
 
-def phase_speed(bits: int, data: Path, work: Path, env: dict, log: list, generate_limit: int, result: dict,
+def phase_speed_library(bits: int, data: Path, work: Path, env: dict, log: list, generate_limit: int, result: dict,
                 save) -> None:
     """fp16 evals first and the long quantize after, so a phase cut short still returns its early numbers."""
     model = work / "qwen2-1.5b"
@@ -129,53 +169,47 @@ def phase_speed(bits: int, data: Path, work: Path, env: dict, log: list, generat
     run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
     result["calib"] = read(runs / "calib.jsonl.meta.json")["stats"]
     save()
-    result["quantize_cli_wall_s"] = round(run(fraudq("quantize", "--bits", str(bits), "--batch-size", "32"),
+    result["quantize_cli_wall_s"] = round(run(fraudq("quantize", "--bits", str(bits), "--engine", "gptqmodel",
+                                                     "--batch-size", "32"),
                                               log, env, 480), 2)
     result["quant_report"] = read(runs / f"int{bits}" / "quant_report.json")
     save()
     evaluate(f"int{bits}", str(runs / f"int{bits}"))
 
 
-def phase_fast(data: Path, work: Path, env: dict, log: list, result: dict, save, layers: int | None) -> None:
-    """fraudq's engine on the qwen2-1.5b shape: quantize int8 and int4 through the CLI, then the eval probe.
-
-    A 2-layer slice goes first so that a broken engine fails in seconds, not minutes.
-    """
+def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
+    """The qwen2-1.5b shape through fraudq's CLI as a user runs it: quantize int8 and int4 with the default
+    engine, then every model in score mode and in generate mode on all of test0819.jsonl."""
+    model = work / "qwen2-1.5b"
+    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", "qwen2-1.5b", "--synthetic",
+         "8", "--epochs", "0", "--out", str(model), "--seed", "0", "--device", "cuda"], log, env, 200)
+    env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
+           "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
     runs = work / "runs"
-    env = {**env, "FRAUDQ_WORK_DIR": str(runs), "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
-    for name, slice_layers in (("slice", 2), ("full", layers)):
-        model = work / f"qwen2-1.5b-{name}"
-        extra = ["--layers", str(slice_layers)] if slice_layers else []
-        run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", "qwen2-1.5b", "--synthetic",
-             "8", "--epochs", "0", "--out", str(model), "--seed", "0", "--device", "cuda", *extra], log, env, 200)
-        model_env = {**env, "FRAUDQ_MODEL": str(model)}
-        calib = runs / "calib.jsonl"
-        if not calib.is_file():
-            run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, model_env, 120)
-            result["calib"] = read(runs / "calib.jsonl.meta.json")["stats"]
-        for bits in (8, 4) if name == "full" else (4,):
-            out = runs / f"{name}-int{bits}"
-            wall = run(fraudq("quantize", "--bits", str(bits), "--out", str(out)), log, model_env, 300)
-            report = read(out / "quant_report.json")
-            result[f"{name}-int{bits}"] = {"cli_wall_s": round(wall, 2), "timings": report["timings"],
-                                           "stages": report["stages"], "memory": report["memory"],
-                                           "size_bytes": report["size_bytes"], "modules": report["modules"]}
-            save()
-    probe = work / "probe.json"
-    full = work / "qwen2-1.5b-full"
-    for path, backends in ((full, "fp16"), (runs / "full-int8", "torch,triton"), (runs / "full-int4", "torch,triton")):
-        run([sys.executable, str(ROOT / "scripts" / "probe_eval.py"), "--model", str(path), "--backend", backends,
-             "--data", str(data / "test0819.jsonl"), "--budgets", "16384,65536",
-             "--generate-budgets", "16384,65536" if path == full else "", "--out", str(probe)], log, env, 240)
-        result["probe"] = read(probe)
+    result.update({"model": "qwen2-1.5b", "evals": {}, "quantize": {}})
+    run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
+    result["calib"] = read(runs / "calib.jsonl.meta.json")["stats"]
+    save()
+    for bits in (8, 4):
+        wall = run(fraudq("quantize", "--bits", str(bits)), log, env, 240)
+        report = read(runs / f"int{bits}" / "quant_report.json")
+        result["quantize"][f"int{bits}"] = {"cli_wall_s": round(wall, 2), **{k: report[k] for k in (
+            "timings", "stages", "memory", "size_bytes", "engine", "config", "versions")}}
         save()
+    for name, path in (("fp16", model), ("int8", runs / "int8"), ("int4", runs / "int4")):
+        result["evals"][name] = {}
+        for mode in ("score", "generate"):
+            run(fraudq("eval", "--model", str(path), "--mode", mode), log, env, 240)
+            suffix = "" if mode == "score" else ".generate"
+            result["evals"][name][mode] = eval_summary(read(runs / "eval" / f"{name}{suffix}.json"))
+            save()
 
 
 LEVERS = {
-    "b32-seq": ["--batch-size", "32"],
-    "b128-seq": ["--batch-size", "128"],
-    "b32-noseq": ["--batch-size", "32", "--no-true-sequential"],
-    "b128-noseq": ["--batch-size", "128", "--no-true-sequential"],
+    "b32-seq": ["--engine", "gptqmodel", "--batch-size", "32"],
+    "b128-seq": ["--engine", "gptqmodel", "--batch-size", "128"],
+    "b32-noseq": ["--engine", "gptqmodel", "--batch-size", "32", "--no-true-sequential"],
+    "b128-noseq": ["--engine", "gptqmodel", "--batch-size", "128", "--no-true-sequential"],
 }
 TOKEN_BUDGETS = (16384, 65536, 262144)
 
@@ -213,7 +247,7 @@ def phase_levers(data: Path, work: Path, env: dict, log: list, result: dict, sav
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("quality", "speed8", "speed4", "levers", "fast"), required=True)
+    parser.add_argument("--phase", choices=("quality", "speed", "speed8", "speed4", "levers"), required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder with the anti_fraud JSONL files")
     parser.add_argument("--out", type=Path, required=True, help="folder for <phase>.json and artifacts")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fraudq-bench"))
@@ -238,14 +272,14 @@ def main() -> int:
 
     try:
         if args.phase == "quality":
-            result.update(phase_quality(args.data, args.work, env, log))
-        elif args.phase == "fast":
-            phase_fast(args.data, args.work, env, log, result, save, None)
+            phase_quality(args.data, args.work, env, log, result, save)
+        elif args.phase == "speed":
+            phase_speed(args.data, args.work, env, log, result, save)
         elif args.phase == "levers":
             phase_levers(args.data, args.work, env, log, result, save, args.levers_preset, args.levers_layers,
                          args.levers_device)
         else:
-            phase_speed(int(args.phase[-1]), args.data, args.work, env, log, args.generate_limit, result, save)
+            phase_speed_library(int(args.phase[-1]), args.data, args.work, env, log, args.generate_limit, result, save)
         result["ok"] = True
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         result["ok"] = False
@@ -267,17 +301,6 @@ def short_table(result: dict) -> str:
     """The few numbers a reader wants first, printed last so they end the device call's output."""
     lines = [f"{'model':<6} {'quantize s':>10} {'score rows/s':>12} {'gen rows/s':>10} {'size MB':>9} "
              f"{'P':>6} {'R':>6} {'F1':>6} {'AUC':>6}"]
-    if result.get("phase") == "fast":
-        lines = [f"{'run':<12} {'total s':>8} {'quantize s':>10} {'peak GPU GB':>11}  stages"]
-        for name in ("slice-int4", "full-int8", "full-int4"):
-            if name in result:
-                r = result[name]
-                lines.append(f"{name:<12} {r['timings']['total_s']:>8.1f} {r['timings']['quantize_s']:>10.1f} "
-                             f"{r['memory'].get('peak_gpu_gb', float('nan')):>11.2f}  {r['stages']}")
-        for key, v in result.get("probe", {}).items():
-            lines.append(f"{key:<40} {v['rows_per_s']:>8} rows/s  steady {v['steady_rows_per_s']}  "
-                         f"first {v['first_batch_s']} s  peak {v['peak_gpu_gb']} GB")
-        return "\n".join(lines)
     if result.get("phase") == "levers":
         lines = [f"{'variant':<11} {'total s':>8} {'quantize s':>10} {'peak GPU GB':>11} {'mean module loss':>16}"]
         for name, v in result.get("variants", {}).items():
@@ -290,6 +313,12 @@ def short_table(result: dict) -> str:
         models = result.get("models", {})
         rows = {name: (m.get("quant_report", {}).get("timings", {}).get("total_s"), m.get("score", {}),
                        m.get("generate", {})) for name, m in models.items()}
+    elif result.get("phase") == "speed":
+        quant = result.get("quantize", {})
+        rows = {name: (quant.get(name, {}).get("timings", {}).get("total_s"), e.get("score", {}),
+                       e.get("generate", {})) for name, e in result.get("evals", {}).items()}
+        for name, q in quant.items():
+            lines.append(f"# {name}: {q['timings']}  stages {q['stages']}  memory {q['memory']}")
     else:
         report = result.get("quant_report") or {}
         rows = {name: (report.get("timings", {}).get("total_s") if name != "fp16" else None,
@@ -303,6 +332,8 @@ def short_table(result: dict) -> str:
         lines.append(f"{name:<6} {cell(quant_s, 10)} {cell(score.get('samples_per_s'), 12)} "
                      f"{cell(generate.get('samples_per_s'), 10)} {cell(size, 9)} "
                      + " ".join(cell(score.get(k), 6, 4) for k in ("precision", "recall", "f1", "auc")))
+    for name, eq in result.get("equivalence", {}).items():
+        lines.append(f"# {name} fraudq vs gptqmodel: " + json.dumps({k: v for k, v in eq.items() if k != "library_eval"}))
     return "\n".join(lines)
 
 

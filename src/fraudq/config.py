@@ -48,8 +48,8 @@ class Config:
     # [eval]
     mode: str = "score"
     eval_batch_size: str = "auto"
-    token_budget: int = 16384  # tokens per batch when eval_batch_size is "auto"
-    generate_token_budget: int = 65536  # the same for generate mode, whose decode steps cost the same at any batch
+    token_budget: int = 32768  # tokens per batch when eval_batch_size is "auto"
+    generate_token_budget: int = 131072  # the same for generate mode, whose decode steps cost the same at any batch
     limit: int = 0  # 0 = all rows
     instruction: str = DEFAULT_INSTRUCTION
     answer_prefix: str = '{"is_fraud":'
