@@ -205,6 +205,31 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
             save()
 
 
+ENGINE_VARIANTS = {  # name: (CLI flags, environment)
+    "fraudq": ([], {}),
+    "fraudq-fp32-hessian": ([], {"FRAUDQ_HESSIAN_TF32": "false"}),
+    "fraudq-batch512": (["--batch-tokens", "512"], {}),
+    "gptqmodel-b32": (["--engine", "gptqmodel", "--batch-size", "32"], {}),
+}
+
+
+def phase_engines(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
+    """Where do fraudq's engine and GPTQModel's loop part? The `small` model at 4 bits, one variant at a time."""
+    model = work / "small"
+    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", "small", "--data",
+         str(data / "train.jsonl"), "--out", str(model), "--seed", "0", "--device", "cuda"], log, env, 400)
+    env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs")}
+    runs = work / "runs"
+    run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
+    result.update({"model": "small", "variants": {}})
+    for name, (flags, extra_env) in ENGINE_VARIANTS.items():
+        out = runs / name
+        run(fraudq("quantize", "--bits", "4", "--out", str(out), *flags), log, {**env, **extra_env}, 200)
+        report = read(out / "quant_report.json")
+        result["variants"][name] = {"timings": report["timings"], "modules": report["modules"]}
+        save()
+
+
 LEVERS = {
     "b32-seq": ["--engine", "gptqmodel", "--batch-size", "32"],
     "b128-seq": ["--engine", "gptqmodel", "--batch-size", "128"],
@@ -247,7 +272,8 @@ def phase_levers(data: Path, work: Path, env: dict, log: list, result: dict, sav
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("quality", "speed", "speed8", "speed4", "levers"), required=True)
+    parser.add_argument("--phase", choices=("quality", "speed", "engines", "speed8", "speed4", "levers"),
+                        required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder with the anti_fraud JSONL files")
     parser.add_argument("--out", type=Path, required=True, help="folder for <phase>.json and artifacts")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fraudq-bench"))
@@ -275,6 +301,8 @@ def main() -> int:
             phase_quality(args.data, args.work, env, log, result, save)
         elif args.phase == "speed":
             phase_speed(args.data, args.work, env, log, result, save)
+        elif args.phase == "engines":
+            phase_engines(args.data, args.work, env, log, result, save)
         elif args.phase == "levers":
             phase_levers(args.data, args.work, env, log, result, save, args.levers_preset, args.levers_layers,
                          args.levers_device)
@@ -301,6 +329,18 @@ def short_table(result: dict) -> str:
     """The few numbers a reader wants first, printed last so they end the device call's output."""
     lines = [f"{'model':<6} {'quantize s':>10} {'score rows/s':>12} {'gen rows/s':>10} {'size MB':>9} "
              f"{'P':>6} {'R':>6} {'F1':>6} {'AUC':>6}"]
+    if result.get("phase") == "engines":
+        variants = result.get("variants", {})
+        base = {(m["layer"], m["module"]): m["loss"] for m in variants.get("gptqmodel-b32", {}).get("modules", [])}
+        lines = ["loss / gptqmodel-b32 loss - 1, per down_proj layer, then over all modules: median |r|, max |r|"]
+        for name, v in variants.items():
+            ratios = {(m["layer"], m["module"]): m["loss"] / base[(m["layer"], m["module"])] - 1
+                      for m in v["modules"] if base.get((m["layer"], m["module"]))}
+            down = [f"{r:+.3f}" for (layer, module), r in sorted(ratios.items()) if module == "mlp.down_proj"]
+            spread = sorted(abs(r) for r in ratios.values()) or [float("nan")]
+            lines.append(f"{name:<20} {v['timings']['total_s']:>6.1f} s  down {' '.join(down)}  "
+                         f"median {spread[len(spread) // 2]:.4f} max {spread[-1]:.4f}")
+        return "\n".join(lines)
     if result.get("phase") == "levers":
         lines = [f"{'variant':<11} {'total s':>8} {'quantize s':>10} {'peak GPU GB':>11} {'mean module loss':>16}"]
         for name, v in result.get("variants", {}).items():
