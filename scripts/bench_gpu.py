@@ -205,11 +205,11 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
             save()
 
 
-ENGINE_VARIANTS = {  # name: (CLI flags, environment)
-    "fraudq": ([], {}),
-    "fraudq-fp32-hessian": ([], {"FRAUDQ_HESSIAN_TF32": "false"}),
-    "fraudq-batch512": (["--batch-tokens", "512"], {}),
+ENGINE_VARIANTS = {  # name: (CLI flags, environment); the library at two batch sizes is the control
     "gptqmodel-b32": (["--engine", "gptqmodel", "--batch-size", "32"], {}),
+    "fraudq": ([], {}),
+    "gptqmodel-b8": (["--engine", "gptqmodel", "--batch-size", "8"], {}),
+    "fraudq-fp32-hessian": ([], {"FRAUDQ_HESSIAN_TF32": "false"}),
 }
 
 
