@@ -1,6 +1,7 @@
 """Merge the JSON files of scripts/bench_gpu.py's phases into one docs/bench/YYYY-MM-DD-<card>.json.
 
-    python scripts/bench_merge.py quality.json speed8.json [speed4.json] --out docs/bench/2026-11-25-h100.json
+    python scripts/bench_merge.py quality.json speed.json --out docs/bench/2026-11-25-h100-2.json
+    (the first session's files came from quality.json speed8.json [speed4.json])
 
 Speed figures (quantize_s, peak_gpu_gb, eval_*_sps, size_bytes) come from the `qwen2-1.5b` phases,
 quality figures (precision, recall, f1, auc, flips) from the `small` phase. A figure a phase did not
@@ -29,7 +30,9 @@ def speed_figures(phases: dict, name: str) -> dict:
     bits = None if name == "fp16" else name[3:]
     sources = [p for key, p in phases.items() if key.startswith("speed")]
     evals = next((p["evals"][name] for p in sources if name in p.get("evals", {})), {})
-    report = next((p["quant_report"] for p in sources if bits and p["phase"] == f"speed{bits}" and "quant_report" in p),
+    # The `speed` phase keeps both reports under "quantize"; the first session's speed8/speed4 kept one each.
+    report = next((p.get("quantize", {}).get(name) or (p.get("quant_report") if p["phase"] == f"speed{bits}" else None)
+                   for p in sources if bits and (name in p.get("quantize", {}) or p["phase"] == f"speed{bits}")),
                   None)
     score, generate = evals.get("score") or {}, evals.get("generate") or {}
     peaks = [x for x in ((report or {}).get("memory", {}).get("peak_gpu_gb"),
@@ -44,6 +47,8 @@ def speed_figures(phases: dict, name: str) -> dict:
         "eval_generate_rows": generate.get("rows"),
         "size_bytes": score.get("size_bytes") or ((report or {}).get("size_bytes") or {}).get("after"),
         "kernel": score.get("kernel") or (None if name == "fp16" else "gptq_triton"),
+        "engine": (report or {}).get("engine", "gptqmodel" if report else None),
+        "quantize_stages": (report or {}).get("stages"),
     }
 
 
@@ -62,6 +67,7 @@ def quality_figures(phases: dict, name: str) -> dict:
         "small_quantize_s": (small.get("quant_report") or {}).get("timings", {}).get("total_s"),
         "small_size_bytes": row["size_bytes"],
         "small_eval_score_sps": row["samples_per_s"],
+        "small_engine_equivalence": (quality.get("equivalence") or {}).get(name),
     }
 
 
@@ -84,7 +90,18 @@ def merge(phases: dict) -> dict:
         "phases": {k: {"ok": p.get("ok"), "error": p.get("error"), "phase_wall_s": p.get("phase_wall_s"),
                        "steps": p.get("steps")} for k, p in phases.items()},
         "models": models,
+        "engines": engine_variants(phases.get("engines")),
     }
+
+
+def engine_variants(engines: dict | None) -> dict | None:
+    """The `engines` phase: down_proj loss and damp per layer for each variant, next to the library at batch 32."""
+    if not engines:
+        return None
+    return {name: {"quantize_total_s": v["timings"]["total_s"],
+                   "down_proj": [{"layer": m["layer"], "loss": m["loss"], "damp": m["damp"]}
+                                 for m in v["modules"] if m["module"] == "mlp.down_proj"]}
+            for name, v in engines.get("variants", {}).items()}
 
 
 def main() -> int:

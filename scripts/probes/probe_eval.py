@@ -4,7 +4,7 @@ Each setting is timed per batch (synchronised), so the first batch's warm-up sho
 rate. It answers "which token budget and which kernel", not "how fast is `fraudq eval`": the CLI's own
 figures come from bench_gpu.py. Writes one JSON file.
 
-    python scripts/probe_eval.py --model DIR [--backend torch,triton] --data test0819.jsonl --out probe.json
+    python scripts/probes/probe_eval.py --model DIR [--backend torch,triton] --data test0819.jsonl --out probe.json
 """
 
 from __future__ import annotations

@@ -1,0 +1,143 @@
+"""fraudq's GPTQ engine held to GPTQModel's own solve and loop, on CPU with the tiny model."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import one_line_error, run_cli
+from fraudq.gptq_fast import capture_layer_inputs, gptq_solve, make_batches, _subset_hessians
+
+
+def _quantize_config(bits: int, group_size: int):
+    from gptqmodel import QuantizeConfig
+
+    return QuantizeConfig(bits=bits, group_size=group_size, damp_percent=0.01, desc_act=False, sym=True,
+                          act_group_aware=False, offload_to_disk=False, device="cpu")
+
+
+@pytest.mark.parametrize("bits,group_size,columns", [
+    (4, 128, 384),  # group = block
+    (8, 128, 320),  # a last block narrower than 128
+    (4, 32, 256),  # several groups start inside one block
+    (4, 256, 512),  # a group spans two blocks
+    (8, -1, 192),  # one group per row
+])
+def test_solve_matches_gptqmodel_bit_for_bit(bits, group_size, columns):
+    from gptqmodel.quantization.gptq import GPTQ
+
+    torch.manual_seed(0)
+    rows = 40
+    weight = torch.randn(rows, columns) * 0.05
+    inputs = torch.randn(900, columns) * torch.linspace(0.1, 3.0, columns)
+    inputs[:, 7] = 0  # a dead column: GPTQ zeroes its weights
+    qcfg = _quantize_config(bits, group_size)
+    linear = torch.nn.Linear(columns, rows, bias=False)
+    linear.weight.data = weight.clone()
+    task = GPTQ(linear, qcfg)
+    task.quantizer.configure(perchannel=True)
+    task.add_batch(inputs, None)
+    library = task.quantize()
+    # The library's Hessian, built with the same operations in the same order.
+    H = torch.zeros(columns, columns)
+    H.add_(torch.matmul(inputs.T, inputs))
+    H.mul_(2.0 / inputs.shape[0])
+    ours = gptq_solve(weight, H, inputs.shape[0], _quantize_config(bits, group_size))
+    for name, mine, theirs in zip(("Q", "scale", "zero", "g_idx"), ours[:4], library[:4]):
+        assert torch.equal(mine, theirs), name
+    assert float(ours[4].sum()) / inputs.shape[0] == pytest.approx(library[5], rel=1e-5)
+    assert ours[5] == library[6]  # damp
+    assert torch.count_nonzero(ours[0][:, 7]) == 0
+
+
+def test_engine_writes_the_library_checkpoint_bit_for_bit_at_one_row_per_batch(quantized, tmp_path):
+    """Without padding the forwards are the library's, so every saved tensor must be equal."""
+    calib = quantized.work / "calib.jsonl"
+    outs = {}
+    for engine, flags in (("gptqmodel", ["--batch-size", "1"]), ("fraudq", ["--batch-tokens", "1"])):
+        outs[engine] = tmp_path / engine
+        result = run_cli("quantize", "--bits", "4", "--config", quantized.config, "--calib", calib,
+                         "--engine", engine, *flags, "--out", outs[engine])
+        assert result.exit_code == 0, result.output
+    ours, theirs = (load_file(outs[e] / "model.safetensors") for e in ("fraudq", "gptqmodel"))
+    assert set(ours) == set(theirs) and any(k.endswith(".qweight") for k in ours)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+    configs = [json.loads((outs[e] / "config.json").read_text())["quantization_config"] for e in outs]
+    assert configs[0] == configs[1]
+    reports = {e: json.loads((outs[e] / "quant_report.json").read_text()) for e in outs}
+    assert reports["fraudq"]["engine"] == "fraudq" and reports["gptqmodel"]["engine"] == "gptqmodel"
+    losses = {e: {(m["layer"], m["module"]): m["loss"] for m in r["modules"]} for e, r in reports.items()}
+    assert losses["fraudq"].keys() == losses["gptqmodel"].keys() and len(losses["fraudq"]) == 14
+    for key, loss in losses["gptqmodel"].items():  # the library logs its loss rounded to 10 decimals
+        assert losses["fraudq"][key] == pytest.approx(loss, rel=1e-3, abs=1e-10), key
+
+
+def test_default_engine_report_has_stage_clock(quantized):
+    report = json.loads((quantized.work / "int4" / "quant_report.json").read_text())
+    assert report["engine"] == "fraudq"
+    assert set(report["stages"]) == {"capture_s", "forward_s", "hessian_s", "solve_s", "pack_s"}
+    assert all(v >= 0 for v in report["stages"].values())
+    assert sum(report["stages"].values()) <= report["timings"]["quantize_s"] + 0.5
+    assert len(report["modules"]) == 14 and all(m["loss"] > 0 for m in report["modules"])
+
+
+def test_batches_sort_by_length_respect_the_budget_and_keep_only_real_tokens():
+    lengths = [5, 9, 3, 9, 1, 30]
+    token_ids = [list(range(1, n + 1)) for n in lengths]
+    batches = make_batches(token_ids, batch_tokens=20, pad_id=0)
+    widths = [b["input_ids"].shape[1] for b in batches]
+    assert widths == sorted(widths, reverse=True) and widths[0] == 30  # a row over the budget goes alone
+    assert all(b["input_ids"].numel() <= 20 for b in batches[1:])
+    assert sum(int(b["keep"].numel()) for b in batches) == sum(lengths)
+    for b in batches:
+        assert torch.all(b["input_ids"].flatten()[b["keep"]] != 0)  # pads are id 0 here, tokens never are
+
+
+def test_padding_stays_out_of_the_hessian(project):
+    """Hessians from padded batches equal those from one row at a time (fp32, CPU)."""
+    from transformers import AutoModelForCausalLM
+
+    from fraudq.calib import read_calibration
+    from fraudq.modelio import inspect_model, load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(project.model), dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(inspect_model(project.model))
+    token_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in
+                 ("短对话", "一段稍长一些的对话，用来制造填充", "第三段对话的内容长度又不一样，再长一点点才行")]
+    layer = model.model.layers[0]
+
+    def clock(stage=None, since=None, exclude=0.0):
+        return time.perf_counter()
+
+    hessians = {}
+    for budget in (1, 10_000):
+        batches = make_batches(token_ids, budget, tokenizer.pad_token_id)
+        states = capture_layer_inputs(model, batches, torch.device("cpu"))
+        with torch.no_grad():
+            hessians[budget] = _subset_hessians(layer, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                        "mlp.down_proj"], states, [b["keep"] for b in batches],
+                                                False, clock)
+    assert len(make_batches(token_ids, 10_000, 0)) == 1  # the padded case really pads
+    shared = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+    assert set(hessians[1]) == set(hessians[10_000]) == {shared, ("mlp.down_proj",)}
+    for key, (H, count) in hessians[1].items():
+        padded, padded_count = hessians[10_000][key]
+        assert count == padded_count == sum(map(len, token_ids))
+        torch.testing.assert_close(padded, H, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--engine", "auto-gptq"], "--engine must be one of"),
+    (["--desc-act"], "need --engine gptqmodel"),
+    (["--static-groups"], "need --engine gptqmodel"),
+    (["--batch-tokens", "0"], "--batch-tokens must be at least 1"),
+])
+def test_engine_settings_are_checked(quantized, tmp_path, flags, needle):
+    result = run_cli("quantize", "--bits", "4", "--config", quantized.config, "--out", tmp_path / "q", *flags)
+    one_line_error(result, needle)
+    assert not (tmp_path / "q").exists()
