@@ -428,9 +428,9 @@ def install(point, sig, argv):
 
         os.replace = replace
     elif point == "gptq":  # in the middle of GPTQ: the third solve (gate+up of layer 0) of fraudq's engine
-        import fraudq.gptq_fast
+        from fraudq import gptq_fast
 
-        real_solve, calls = fraudq.gptq_fast.gptq_solve, []
+        real_solve, calls = gptq_fast.gptq_solve, []
 
         def solve(*args, **kwargs):
             calls.append(1)
@@ -438,7 +438,7 @@ def install(point, sig, argv):
                 fire(sig)
             return real_solve(*args, **kwargs)
 
-        fraudq.gptq_fast.gptq_solve = solve
+        gptq_fast.gptq_solve = solve
     elif point == "save":  # weights, config and tokenizer saved in the temp folder; report not yet written
         def dir_size(path):
             fire(sig)

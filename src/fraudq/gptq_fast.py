@@ -138,7 +138,9 @@ def gptq_solve(weight: torch.Tensor, H: torch.Tensor, nsamples: int, qcfg, graph
     W[:, dead] = 0
     Hinv, damp = GPTQ.hessian_inverse(SimpleNamespace(qcfg=qcfg, name=name, region_timer=None), H)
     if Hinv is None:
-        raise RuntimeError(f"the Hessian of {name} stayed singular; use more calibration rows or a larger --damp")
+        from fraudq.errors import BadInput
+
+        raise BadInput(f"the Hessian of layer {name} stayed singular; use more calibration rows or a larger --damp")
     maxq = int(quantizer.maxq.item())
     groupwise = quantizer.requires_groupwise_processing()
     scales, zeros = [], []
@@ -212,8 +214,11 @@ def _layer_output(result):
 
 @torch.no_grad()
 def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int, tf32: bool, pad_id: int,
-                    log=print) -> dict:
-    """Quantize every decoder layer in place and pack it; returns stage seconds and per-module rows."""
+                    progress=None) -> dict:
+    """Quantize every decoder layer in place and pack it; returns stage seconds and per-module rows.
+
+    `progress(done, total)` is called after each layer.
+    """
     from gptqmodel.utils.model import create_quant_module, pack_module
     from gptqmodel.quantization.config import resolve_quant_format
 
@@ -286,9 +291,12 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
                             q_g_idx=g_idx, layers={full_name: linear}, quant_linear_cls=gptq_model.qlinear_kernel,
                             lock=lock, quantize_config=qcfg)
         clock("pack_s", start)
-        log(f"layer {layer_index + 1}/{len(layers)} quantized")
+        if progress:
+            progress(layer_index + 1, len(layers))
     return {"stages": {k: round(v, 3) for k, v in stages.items()}, "modules": rows,
-            "batches": len(batches), "padded_tokens": sum(b["input_ids"].numel() for b in batches)}
+            "batching": {"batch_tokens": batch_tokens, "batches": len(batches),
+                         "padded_tokens": sum(b["input_ids"].numel() for b in batches),
+                         "tokens": sum(int(b["keep"].numel()) for b in batches)}}
 
 
 def _subset_hessians(layer, subset, states, keep, tf32: bool, clock) -> dict:

@@ -111,10 +111,10 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
         timings["load_s"] = time.perf_counter() - start
         start = time.perf_counter()
         if cfg.engine == "fraudq":
-            engine_result = _run_fraudq_engine(model, token_ids, cfg, device, tokenizer, log)
+            engine_result = _run_fraudq_engine(model, token_ids, cfg, device, tokenizer)
         else:
             quant_log = model.quantize(calibration, batch_size=cfg.quant_batch_size, tokenizer=tokenizer)
-            engine_result = {"stages": stage_timings(model), "modules": module_rows(quant_log)}
+            engine_result = {"stages": stage_timings(model), "modules": module_rows(quant_log), "batching": None}
         timings["quantize_s"] = time.perf_counter() - start
         start = time.perf_counter()
         model.save(str(tmp))
@@ -133,6 +133,7 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
             "memory": peak_memory(device),
             "size_bytes": {"before": dir_size(info.path), "after": dir_size(tmp)},
             "engine": cfg.engine,
+            "batching": engine_result["batching"],
             "stages": engine_result["stages"],
             "modules": engine_result["modules"],
         }
@@ -143,12 +144,13 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
     return report
 
 
-def _run_fraudq_engine(model, token_ids, cfg: Config, device: str, tokenizer, log) -> dict:
+def _run_fraudq_engine(model, token_ids, cfg: Config, device: str, tokenizer) -> dict:
     """GPTQModel's `quantize` with its calibration loop replaced by fraudq's driver (see gptq_fast.py).
 
     Going through `quantize` keeps the library's own kernel selection and bookkeeping around the loop.
     """
     from gptqmodel.quantization.config import METHOD
+    from tqdm import tqdm
 
     from fraudq.gptq_fast import quantize_layers
 
@@ -156,8 +158,13 @@ def _run_fraudq_engine(model, token_ids, cfg: Config, device: str, tokenizer, lo
 
     def driver(**_ignored):
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        result.update(quantize_layers(model, token_ids, model.quantize_config, device, cfg.quant_batch_tokens,
-                                      cfg.hessian_tf32, pad_id, log=lambda _msg: None))
+        with tqdm(desc="GPTQ layers", unit="layer", leave=False) as bar:
+            def progress(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+
+            result.update(quantize_layers(model, token_ids, model.quantize_config, device, cfg.quant_batch_tokens,
+                                          cfg.hessian_tf32, pad_id, progress=progress))
         model.quantized = True
         model.quantize_config.method = METHOD.GPTQ
         return {}
