@@ -9,6 +9,10 @@ reports it wrote. Phases (run one per device call; merge the JSON files with scr
              generate mode                                   -> quality figures
     speed    build the `qwen2-1.5b`-shaped model (random init), calib, quantize int8 and int4 with the
              default engine, eval fp16/int8/int4 in score and generate mode -> speed figures
+    engines  `small` at 4 bits: GPTQModel's loop at batch 32 and 8 against fraudq's engine (default, fp32
+             Hessian, 1,024-token batches): where the per-module losses part
+    scaling  quantize time against calibration rows (256, 1,024, 2,348 on qwen2-1.5b) and shape (qwen2-0.5b);
+             scaling7b adds the qwen2-7b shape. Plot with scripts/plot_scaling.py
     speed8   (first session, GPTQModel's loop) eval fp16, quantize int8 at batch 32, eval int8
     speed4   the same for int4
     levers   (first session) a 4-layer slice of the `qwen2-1.5b` shape, quantized int8 by GPTQModel's loop
@@ -210,6 +214,9 @@ ENGINE_VARIANTS = {  # name: (CLI flags, environment); the library at two batch 
     "gptqmodel-b32": (["--engine", "gptqmodel", "--batch-size", "32"], {}),
     "fraudq": ([], {}),
     "fraudq-fp32-hessian": ([], {"FRAUDQ_HESSIAN_TF32": "false"}),
+    # 1,024-token batches: TF32 X^T X over chains 16x shorter. If this matches the library where the default
+    # does not, accumulation length is the cause and chunking the Hessian GEMM is the fix.
+    "fraudq-batch1024": (["--batch-tokens", "1024"], {}),
     "gptqmodel-b8": (["--engine", "gptqmodel", "--batch-size", "8"], {}),
 }
 
@@ -229,6 +236,31 @@ def phase_engines(data: Path, work: Path, env: dict, log: list, result: dict, sa
         report = read(out / "quant_report.json")
         result["variants"][name] = {"timings": report["timings"], "modules": report["modules"]}
         save()
+
+
+def phase_scaling(data: Path, work: Path, env: dict, log: list, result: dict, save, presets: list[str],
+                  rows: list[int], device: str) -> None:
+    """Quantize time (int4, default engine, load -> saved) against calibration rows on the first preset, and
+    against model shape at the last row count on the others. Models are random-init (`--epochs 0`)."""
+    result["runs"] = []
+    for index, preset in enumerate(presets):
+        model = work / preset
+        run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", preset, "--synthetic", "8",
+             "--epochs", "0", "--out", str(model), "--seed", "0", "--device", device], log, env, 400)
+        runs = work / "runs" / preset
+        model_env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(runs), "FRAUDQ_DEVICE": device}
+        for count in rows if index == 0 else rows[-1:]:
+            calib, out = runs / f"calib-{count}.jsonl", runs / f"int4-{count}"
+            run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl"), "--n", str(count), "--out", str(calib)),
+                log, model_env, 120)
+            wall = run(fraudq("quantize", "--bits", "4", "--calib", str(calib), "--out", str(out)), log, model_env, 480)
+            report = read(out / "quant_report.json")
+            result["runs"].append({
+                "preset": preset, "rows": report["calibration"]["rows"], "tokens": report["calibration"]["tokens"],
+                "fp16_bytes": report["size_bytes"]["before"], "cli_wall_s": round(wall, 2),
+                **{k: report.get(k) for k in ("timings", "stages", "memory", "batching")}})
+            save()
+        shutil.rmtree(model, ignore_errors=True)  # a 7B checkpoint is 15 GB of a 64 GB disk
 
 
 LEVERS = {
@@ -273,8 +305,8 @@ def phase_levers(data: Path, work: Path, env: dict, log: list, result: dict, sav
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("quality", "speed", "engines", "speed8", "speed4", "levers"),
-                        required=True)
+    parser.add_argument("--phase", choices=("quality", "speed", "engines", "scaling", "scaling7b", "speed8",
+                                            "speed4", "levers"), required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder with the anti_fraud JSONL files")
     parser.add_argument("--out", type=Path, required=True, help="folder for <phase>.json and artifacts")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fraudq-bench"))
@@ -282,6 +314,11 @@ def main() -> int:
     parser.add_argument("--levers-preset", default="qwen2-1.5b", help="levers: the shape to slice (tiny: CPU dry run)")
     parser.add_argument("--levers-layers", type=int, default=4, help="levers: layers in the slice")
     parser.add_argument("--levers-device", default="cuda", help="levers: cuda, or cpu for a dry run")
+    parser.add_argument("--scaling-presets", default=None,
+                        help="scaling: comma-separated presets, rows swept on the first "
+                             "(default qwen2-1.5b,qwen2-0.5b; scaling7b: qwen2-7b)")
+    parser.add_argument("--scaling-rows", default="256,1024,2348", help="scaling: calibration row counts")
+    parser.add_argument("--scaling-device", default="cuda", help="scaling: cuda, or cpu for a dry run")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
@@ -304,6 +341,11 @@ def main() -> int:
             phase_speed(args.data, args.work, env, log, result, save)
         elif args.phase == "engines":
             phase_engines(args.data, args.work, env, log, result, save)
+        elif args.phase in ("scaling", "scaling7b"):
+            default = "qwen2-1.5b,qwen2-0.5b" if args.phase == "scaling" else "qwen2-7b"
+            rows = [int(n) for n in args.scaling_rows.split(",")]
+            phase_scaling(args.data, args.work, env, log, result, save, (args.scaling_presets or default).split(","),
+                          rows if args.phase == "scaling" else rows[-1:], args.scaling_device)
         elif args.phase == "levers":
             phase_levers(args.data, args.work, env, log, result, save, args.levers_preset, args.levers_layers,
                          args.levers_device)
@@ -330,6 +372,12 @@ def short_table(result: dict) -> str:
     """The few numbers a reader wants first, printed last so they end the device call's output."""
     lines = [f"{'model':<6} {'quantize s':>10} {'score rows/s':>12} {'gen rows/s':>10} {'size MB':>9} "
              f"{'P':>6} {'R':>6} {'F1':>6} {'AUC':>6}"]
+    if result.get("phase", "").startswith("scaling"):
+        lines = [f"{'preset':<12} {'rows':>5} {'tokens':>8} {'total s':>8} {'CLI s':>7} {'peak GPU GB':>11}  stages"]
+        for r in result.get("runs", []):
+            lines.append(f"{r['preset']:<12} {r['rows']:>5} {r['tokens']:>8} {r['timings']['total_s']:>8.1f} "
+                         f"{r['cli_wall_s']:>7.1f} {r['memory'].get('peak_gpu_gb', float('nan')):>11.2f}  {r['stages']}")
+        return "\n".join(lines)
     if result.get("phase") == "engines":
         variants = result.get("variants", {})
         base = {(m["layer"], m["module"]): m["loss"] for m in variants.get("gptqmodel-b32", {}).get("modules", [])}

@@ -98,6 +98,15 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+# The other Qwen2 sizes, for quantize-time scaling with random weights (never trained here). Qwen2-7B's real
+# vocabulary has 152,064 rows; these keep the Qwen2 tokenizer's 151,936, a 0.1% difference in parameters.
+PRESETS["qwen2-0.5b"] = {**PRESETS["qwen2-1.5b"], "model": dict(
+    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+    max_position_embeddings=32768, max_window_layers=24, tie_word_embeddings=True)}
+PRESETS["qwen2-7b"] = {**PRESETS["qwen2-1.5b"], "model": dict(
+    hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+    max_position_embeddings=32768, max_window_layers=28, tie_word_embeddings=False)}
+
 
 def _wrap(backend: Tokenizer) -> transformers.PreTrainedTokenizerFast:
     tok = transformers.PreTrainedTokenizerFast(
