@@ -257,10 +257,22 @@ def phase_scaling(data: Path, work: Path, env: dict, log: list, result: dict, sa
             report = read(out / "quant_report.json")
             result["runs"].append({
                 "preset": preset, "rows": report["calibration"]["rows"], "tokens": report["calibration"]["tokens"],
-                "fp16_bytes": report["size_bytes"]["before"], "cli_wall_s": round(wall, 2),
+                "parameters": parameter_count(model), "cli_wall_s": round(wall, 2),
                 **{k: report.get(k) for k in ("timings", "stages", "memory", "batching")}})
             save()
         shutil.rmtree(model, ignore_errors=True)  # a 7B checkpoint is 15 GB of a 64 GB disk
+
+
+def parameter_count(model: Path) -> int:
+    from math import prod
+
+    from safetensors import safe_open
+
+    total = 0
+    for path in model.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as weights:
+            total += sum(prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    return total
 
 
 LEVERS = {

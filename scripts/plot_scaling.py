@@ -4,7 +4,7 @@
 
 Writes scaling_rows.png (the first preset of the `scaling` phase, one point per row count, with the straight
 line through the origin and the smallest run: growing no faster than that line is growing at most linearly)
-and scaling_shape.png (every preset at the largest row count, against fp16 bytes / 2 = parameters).
+and scaling_shape.png (every preset at the largest row count, against its parameter count).
 """
 
 from __future__ import annotations
@@ -56,16 +56,16 @@ def plot_rows(runs: list[dict], out: Path) -> Path | None:
 
 def plot_shape(runs: list[dict], out: Path) -> Path | None:
     most = max(r["rows"] for r in runs)
-    points = sorted((r["fp16_bytes"] / 2e9, r["timings"]["total_s"], r["preset"]) for r in runs if r["rows"] == most)
+    points = sorted((r["parameters"] / 1e9, r["timings"]["total_s"], r["preset"]) for r in runs if r["rows"] == most)
     if len(points) < 2:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="#0072B2", label="load → saved")
     for params, seconds, preset in points:
         ax.annotate(f"{preset}: {seconds:.0f} s", (params, seconds), textcoords="offset points", xytext=(6, -12))
-    ax.set_xlabel("parameters (billions; fp16 bytes / 2)")
+    ax.set_xlabel("parameters (billions)")
     ax.set_ylabel("seconds")
-    ax.set_xlim(left=0)
+    ax.set_xlim(0, points[-1][0] * 1.3)  # room for the last label
     ax.set_ylim(bottom=0)
     ax.set_title(f"fraudq quantize int4, {most} calibration rows")
     ax.grid(alpha=0.3)
