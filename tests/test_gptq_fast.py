@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import one_line_error, run_cli
-from fraudq.gptq_fast import capture_layer_inputs, gptq_solve, make_batches, _subset_hessians
+from fraudq.gptq_fast import _subset_hessians, calibration_batches, capture_layer_inputs, gptq_solve
 
 
 def _quantize_config(bits: int, group_size: int):
@@ -89,7 +89,7 @@ def test_default_engine_report_has_stage_clock(quantized):
 def test_batches_sort_by_length_respect_the_budget_and_keep_only_real_tokens():
     lengths = [5, 9, 3, 9, 1, 30]
     token_ids = [list(range(1, n + 1)) for n in lengths]
-    batches = make_batches(token_ids, batch_tokens=20, pad_id=0)
+    batches = calibration_batches(token_ids, batch_tokens=20, pad_id=0)
     widths = [b["input_ids"].shape[1] for b in batches]
     assert widths == sorted(widths, reverse=True) and widths[0] == 30  # a row over the budget goes alone
     assert all(b["input_ids"].numel() <= 20 for b in batches[1:])
@@ -116,13 +116,13 @@ def test_padding_stays_out_of_the_hessian(project):
 
     hessians = {}
     for budget in (1, 10_000):
-        batches = make_batches(token_ids, budget, tokenizer.pad_token_id)
+        batches = calibration_batches(token_ids, budget, tokenizer.pad_token_id)
         states = capture_layer_inputs(model, batches, torch.device("cpu"))
         with torch.no_grad():
             hessians[budget] = _subset_hessians(layer, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                                         "mlp.down_proj"], states, [b["keep"] for b in batches],
                                                 False, clock)
-    assert len(make_batches(token_ids, 10_000, 0)) == 1  # the padded case really pads
+    assert len(calibration_batches(token_ids, 10_000, 0)) == 1  # the padded case really pads
     shared = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
     assert set(hessians[1]) == set(hessians[10_000]) == {shared, ("mlp.down_proj",)}
     for key, (H, count) in hessians[1].items():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fraudq import prompts
 from fraudq.atomic import atomic_write_json, atomic_write_text
+from fraudq.batching import make_batches
 from fraudq.config import Config
 from fraudq.data import read_jsonl
 from fraudq.errors import BadInput
@@ -51,22 +52,6 @@ def parse_batch_size(value: str) -> int | None:
     if size < 1:
         raise BadInput(f"--batch-size must be a positive integer or 'auto', got {value!r}")
     return size
-
-
-def make_batches(lengths: list[int], batch_size: int | None, token_budget: int) -> list[list[int]]:
-    """Row indices grouped by similar length, longest first, so padding wastes little and OOM shows early."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches, current = [], []
-    for index in order:
-        width = lengths[current[0]] if current else lengths[index]
-        full = len(current) == batch_size if batch_size else (len(current) + 1) * width > token_budget
-        if current and full:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def left_pad(sequences: list[list[int]], pad_id: int, device: str):

@@ -9,7 +9,7 @@ the lazy-batch column update, `pack_module`, `save`) and changes only how the wo
 - modules that read the same input (q/k/v, gate/up) share one Hessian and are solved as one stacked
   matrix (GPTQ treats rows independently, so this changes nothing but the launch count);
 - a subset's forward stops at its last module's input;
-- on CUDA each 128-column block of the solve is one replayed CUDA graph.
+- on CUDA each 128-column block of the solve is one replayed CUDA graph, and X^T X runs in TF32.
 `tests/test_gptq_fast.py` holds it to the library's own solve and to the library path end to end.
 """
 
@@ -22,6 +22,8 @@ from types import SimpleNamespace
 
 import torch
 
+from fraudq.batching import make_batches
+
 BLOCK = 128  # GPTQModel's lazy-batch width
 
 
@@ -29,20 +31,10 @@ class _StopForward(Exception):
     """Raised from a hook once the inputs a subset needs are captured; the rest of the layer is skipped."""
 
 
-def make_batches(token_ids: list[list[int]], batch_tokens: int, pad_id: int) -> list[dict]:
+def calibration_batches(token_ids: list[list[int]], batch_tokens: int, pad_id: int) -> list[dict]:
     """Length-sorted, right-padded batches of at most `batch_tokens` padded tokens (one row at minimum)."""
-    order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
-    groups, current = [], []
-    for index in order:
-        width = len(token_ids[current[0]]) if current else len(token_ids[index])
-        if current and (len(current) + 1) * width > batch_tokens:
-            groups.append(current)
-            current = []
-        current.append(index)
-    if current:
-        groups.append(current)
     batches = []
-    for group in groups:
+    for group in make_batches([len(ids) for ids in token_ids], None, batch_tokens):
         width = len(token_ids[group[0]])
         ids = torch.full((len(group), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(group), width), dtype=torch.long)
@@ -56,7 +48,9 @@ def make_batches(token_ids: list[list[int]], batch_tokens: int, pad_id: int) -> 
 
 @contextlib.contextmanager
 def _tf32(enabled: bool):
-    # fp16/bf16 activations are exact in TF32 (10-bit mantissa), so X^T X keeps fp32 accumulation at tensor-core speed.
+    # fp16/bf16 activations are exact in TF32 (10-bit mantissa), so X^T X keeps fp32 accumulation at tensor-core
+    # speed. Measured caveat: on layers with massive activations a few down_proj Hessians then needed damp 0.02
+    # where GPTQModel's passed at 0.01 (docs/BENCHMARKS.md, Equivalence); hessian_tf32 = false turns it off.
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = enabled
     try:
@@ -237,7 +231,7 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
         return now
 
     start = time.perf_counter()
-    batches = make_batches(token_ids, batch_tokens, pad_id)
+    batches = calibration_batches(token_ids, batch_tokens, pad_id)
     keep = [batch["keep"].to(device) for batch in batches]
     states = capture_layer_inputs(hf_model, batches, device)
     start = clock("capture_s", start)
