@@ -68,7 +68,7 @@ def gpu_name() -> str:
 
 
 def eval_summary(result: dict) -> dict:
-    keys = ("precision", "recall", "f1", "accuracy", "auc", "samples_per_s", "wall_s", "load_s", "rows",
+    keys = ("precision", "recall", "f1", "accuracy", "auc", "samples_per_s", "wall_s", "load_s", "warmup_s", "rows",
             "size_bytes", "kernel", "confusion", "memory", "batching")
     return {k: result.get(k) for k in keys}
 

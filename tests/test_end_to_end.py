@@ -99,6 +99,8 @@ def test_eval_score_and_generate_and_compare(quantized):
     c = fp16["confusion"]
     assert c["tn"] + c["fp"] + c["fn"] + c["tp"] == TEST_ROWS
     assert fp16["accuracy"] > 0.75 and fp16["auc"] > 0.8, fp16  # the tiny model really learned the task
+    # The rate covers the timed batches only; the one-row warm-up before them is reported on its own.
+    assert fp16["warmup_s"] > 0 and fp16["samples_per_s"] == pytest.approx(TEST_ROWS / fp16["wall_s"], rel=0.01)
     predictions = [json.loads(line) for line in (quantized.work / "eval" / "fp16.predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == TEST_ROWS and set(predictions[0]) >= {"id", "label", "prediction", "score"}
     assert all(p["prediction"] == (p["score"] > 0) for p in predictions)
