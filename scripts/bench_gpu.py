@@ -54,6 +54,17 @@ def fraudq(*args: str) -> list[str]:
     return [sys.executable, "-m", "fraudq", *args]
 
 
+def reference(preset: str, out: Path, log: list, env: dict, timeout: float, *args: str, device: str = "cuda") -> None:
+    """Build (or train) a reference model with scripts/train_reference.py, seed 0."""
+    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", preset, "--out", str(out),
+         "--seed", "0", "--device", device, *args], log, env, timeout)
+
+
+def random_init(preset: str, out: Path, log: list, env: dict, timeout: float, *args: str, device: str = "cuda"):
+    """An untrained model of the preset's shape, for speed work."""
+    reference(preset, out, log, env, timeout, "--synthetic", "8", "--epochs", "0", *args, device=device)
+
+
 def read(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -81,9 +92,7 @@ def phase_quality(data: Path, work: Path, env: dict, log: list, result: dict, sa
     """
     model = work / "small"
     train_log = work / "train_small.json"
-    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", "small", "--data",
-         str(data / "train.jsonl"), "--out", str(model), "--seed", "0", "--device", "cuda",
-         "--log-json", str(train_log)], log, env, 400)
+    reference("small", model, log, env, 400, "--data", str(data / "train.jsonl"), "--log-json", str(train_log))
     result.update({"model": "small", "train": read(train_log) if train_log.is_file() else None, "models": {}})
     env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
            "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
@@ -152,8 +161,7 @@ def phase_speed_library(bits: int, data: Path, work: Path, env: dict, log: list,
                 save) -> None:
     """fp16 evals first and the long quantize after, so a phase cut short still returns its early numbers."""
     model = work / "qwen2-1.5b"
-    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", "qwen2-1.5b", "--synthetic",
-         "8", "--epochs", "0", "--out", str(model), "--seed", "0", "--device", "cuda"], log, env, 200)
+    random_init("qwen2-1.5b", model, log, env, 200)
     save()
     env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
            "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
@@ -185,8 +193,7 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
     """The qwen2-1.5b shape through fraudq's CLI as a user runs it: quantize int8 and int4 with the default
     engine, then every model in score mode and in generate mode on all of test0819.jsonl."""
     model = work / "qwen2-1.5b"
-    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", "qwen2-1.5b", "--synthetic",
-         "8", "--epochs", "0", "--out", str(model), "--seed", "0", "--device", "cuda"], log, env, 200)
+    random_init("qwen2-1.5b", model, log, env, 200)
     env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
            "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
     runs = work / "runs"
@@ -224,8 +231,7 @@ ENGINE_VARIANTS = {  # name: (CLI flags, environment); the library at two batch 
 def phase_engines(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
     """Where do fraudq's engine and GPTQModel's loop part? The `small` model at 4 bits, one variant at a time."""
     model = work / "small"
-    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", "small", "--data",
-         str(data / "train.jsonl"), "--out", str(model), "--seed", "0", "--device", "cuda"], log, env, 400)
+    reference("small", model, log, env, 400, "--data", str(data / "train.jsonl"))
     env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs")}
     runs = work / "runs"
     run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
@@ -245,8 +251,7 @@ def phase_scaling(data: Path, work: Path, env: dict, log: list, result: dict, sa
     result["runs"] = []
     for index, preset in enumerate(presets):
         model = work / preset
-        run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", preset, "--synthetic", "8",
-             "--epochs", "0", "--out", str(model), "--seed", "0", "--device", device], log, env, 400)
+        random_init(preset, model, log, env, 400, device=device)
         runs = work / "runs" / preset
         model_env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(runs), "FRAUDQ_DEVICE": device}
         for count in rows if index == 0 else rows[-1:]:
@@ -288,9 +293,7 @@ def phase_levers(data: Path, work: Path, env: dict, log: list, result: dict, sav
                  device: str) -> None:
     """Each variant quantizes the same slice with the same calibration rows, so times and losses compare."""
     model = work / f"{preset}-{layers}l"
-    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", preset, "--synthetic", "8",
-         "--epochs", "0", "--layers", str(layers), "--out", str(model), "--seed", "0", "--device", device],
-        log, env, 200)
+    random_init(preset, model, log, env, 200, "--layers", str(layers), device=device)
     env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
            "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl"), "FRAUDQ_DEVICE": device}
     runs = work / "runs"

@@ -26,14 +26,21 @@ def load(paths: list[Path]) -> dict[str, dict]:
     return phases
 
 
+def quant_report(sources: list[dict], name: str, bits: str) -> dict | None:
+    """The `speed` phase keeps both reports under "quantize"; the first session's speed8/speed4 kept one each."""
+    for phase in sources:
+        if name in phase.get("quantize", {}):
+            return phase["quantize"][name]
+        if phase["phase"] == f"speed{bits}" and "quant_report" in phase:
+            return phase["quant_report"]
+    return None
+
+
 def speed_figures(phases: dict, name: str) -> dict:
     bits = None if name == "fp16" else name[3:]
     sources = [p for key, p in phases.items() if key.startswith("speed")]
     evals = next((p["evals"][name] for p in sources if name in p.get("evals", {})), {})
-    # The `speed` phase keeps both reports under "quantize"; the first session's speed8/speed4 kept one each.
-    report = next((p.get("quantize", {}).get(name) or (p.get("quant_report") if p["phase"] == f"speed{bits}" else None)
-                   for p in sources if bits and (name in p.get("quantize", {}) or p["phase"] == f"speed{bits}")),
-                  None)
+    report = quant_report(sources, name, bits) if bits else None
     score, generate = evals.get("score") or {}, evals.get("generate") or {}
     peaks = [x for x in ((report or {}).get("memory", {}).get("peak_gpu_gb"),
                          (score.get("memory") or {}).get("peak_gpu_gb"),

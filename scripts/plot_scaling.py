@@ -28,6 +28,15 @@ def load_runs(paths: list[Path]) -> list[dict]:
     return runs
 
 
+def save(fig, ax, path: Path) -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_rows(runs: list[dict], out: Path) -> Path | None:
     preset = runs[0]["preset"]
     points = sorted((r["rows"], r["timings"]["total_s"], r["timings"]["quantize_s"]) for r in runs
@@ -45,13 +54,7 @@ def plot_rows(runs: list[dict], out: Path) -> Path | None:
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.set_title(f"fraudq quantize int4, {preset}, {runs[0]['card']} ({runs[0]['date']})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    path = out / "scaling_rows.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, ax, out / "scaling_rows.png")
 
 
 def plot_shape(runs: list[dict], out: Path) -> Path | None:
@@ -68,13 +71,7 @@ def plot_shape(runs: list[dict], out: Path) -> Path | None:
     ax.set_xlim(0, points[-1][0] * 1.3)  # room for the last label
     ax.set_ylim(bottom=0)
     ax.set_title(f"fraudq quantize int4, {most} calibration rows")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    path = out / "scaling_shape.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, ax, out / "scaling_shape.png")
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fraudq.cli import app
+from fraudq.config import toml_value
 from fraudq.synth import generate_dialogues, write_jsonl
 
 TRAIN_ROWS = 600
@@ -56,17 +57,9 @@ def one_line_error(result, *needles) -> str:
 
 
 def write_config(path: Path, **values) -> Path:
-    lines = [f"{k} = {_toml(v)}" for k, v in values.items()]
+    lines = [f"{k} = {toml_value(v)}" for k, v in values.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,15 @@ def rows_of(path: Path, n: int) -> list[dict]:
         return [json.loads(next(handle)) for _ in range(n)]
 
 
+def calib_and_eval_refuse(project, data: Path, tmp_path: Path, *needles: str) -> None:
+    """Both readers of labelled data stop on `data` with the same one-line error and write nothing."""
+    for command in ("calib", "eval"):
+        out = tmp_path / f"{command}.out"
+        result = run_cli(command, "--config", project.config, "--model", project.model, "--data", data, "--out", out)
+        one_line_error(result, *needles)
+        assert not out.exists()
+
+
 def write_rows(path: Path, rows, raw_lines: dict[int, str] | None = None) -> Path:
     """JSONL of `rows`; raw_lines replaces line N (1-based) by a literal string."""
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
@@ -124,11 +133,7 @@ def test_line_numbers_count_newlines_only(project, tmp_path):
 ])
 def test_json_edge_cases_are_one_line_errors(project, tmp_path, line, needle):
     data = write_rows(tmp_path / "edge.jsonl", rows_of(project.test, 2), {2: line})
-    for command in ("calib", "eval"):
-        out = tmp_path / f"{command}.out"
-        result = run_cli(command, "--config", project.config, "--model", project.model, "--data", data, "--out", out)
-        one_line_error(result, "edge.jsonl:2", needle)
-        assert not out.exists()
+    calib_and_eval_refuse(project, data, tmp_path, "edge.jsonl:2", needle)
 
 
 @pytest.mark.parametrize("row, needle", [
@@ -139,11 +144,7 @@ def test_json_edge_cases_are_one_line_errors(project, tmp_path, line, needle):
 ])
 def test_row_missing_field_names_line_and_field(project, tmp_path, row, needle):
     data = write_rows(tmp_path / "rows.jsonl", [*rows_of(project.test, 2), row])
-    for command in ("calib", "eval"):
-        out = tmp_path / f"{command}.out"
-        result = run_cli(command, "--config", project.config, "--model", project.model, "--data", data, "--out", out)
-        one_line_error(result, "rows.jsonl:3", needle)
-        assert not out.exists()
+    calib_and_eval_refuse(project, data, tmp_path, "rows.jsonl:3", needle)
 
 
 @pytest.mark.parametrize("bad, needle", [

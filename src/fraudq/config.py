@@ -7,6 +7,7 @@ Precedence: CLI flag > FRAUDQ_<KEY> environment variable > --config FILE (TOML) 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -115,6 +116,15 @@ def _flatten_toml(data: dict, source: str) -> dict[str, Any]:
         else:
             raise BadInput(f"{source}: unknown setting '{key}'; run 'fraudq config' to list them")
     return flat
+
+
+def toml_value(value) -> str:
+    """One setting written as a TOML value, for config files fraudq writes (the demo's, the tests')."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from fraudq.atomic import atomic_write_json, atomic_write_text
-from fraudq.config import build_config
+from fraudq.config import build_config, toml_value
 from fraudq.data import file_sha256
 from fraudq.errors import BadInput
 from fraudq.modelio import fingerprint, inspect_model
@@ -47,14 +47,6 @@ def write_if_changed(path: Path, text: str) -> bool:
         return False
     atomic_write_text(path, text)
     return True
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
 def make_data(data_dir: Path, train_rows: int, test_rows: int, calib_rows: int) -> dict[str, Path]:
@@ -150,7 +142,7 @@ def run_demo(out: Path, force: bool = False, train_rows: int | None = None, test
               "calib_n": 0, "device": "cpu"}
     config_file = out / "fraudq.toml"
     write_if_changed(config_file, "# written by fraudq demo\n"
-                     + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items()))
+                     + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()))
     # The demo is a fixed recipe: FRAUDQ_* variables (FRAUDQ_MODEL, say) must not change what it runs.
     cfg = build_config(config_file, environ={})
     result = run_pipeline(cfg, force=["all"] if force else [], examples=3, out=out_stream, err=err)

@@ -67,18 +67,16 @@ class _GraphBlock:
         zeros = lambda *shape: torch.zeros(shape, dtype=torch.float32, device=device)  # noqa: E731
         self.W1, self.Hinv1 = zeros(rows, BLOCK), zeros(BLOCK, BLOCK)
         self.scale, self.zero = zeros(rows, BLOCK), zeros(rows, BLOCK)
-        self.Hinv1.fill_diagonal_(1.0)
+        self.Hinv1.fill_diagonal_(1.0)  # the warm-up below divides by its diagonal and by the scales
         self.scale.fill_(1.0)
-        self.graph = None
-        if device.type == "cuda":
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                self._body()  # warm-up outside capture, as CUDA graphs require
-            torch.cuda.current_stream(device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.out = self._body()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            self._body()  # warm-up outside capture, as CUDA graphs require
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self._body()
 
     def _body(self):
         return solve_block(self.W1, self.Hinv1, self.scale, self.zero, self.maxq, self.groupwise)
@@ -111,8 +109,10 @@ def solve_block(W1, Hinv1, scale_cols, zero_cols, maxq: int, groupwise: bool):
     return Q1, Err1, Losses1
 
 
-def gptq_solve(weight: torch.Tensor, H: torch.Tensor, nsamples: int, qcfg, graphs: dict | None = None, name="stacked"):
+def gptq_solve(weight: torch.Tensor, H: torch.Tensor, qcfg, graphs: dict | None = None, name="stacked"):
     """GPTQ for one (possibly stacked) weight with GPTQModel's math, for desc_act=False, static_groups=False.
+
+    `graphs` (CUDA only) caches one captured block per row count; None runs every block eagerly.
 
     Returns Q (weight dtype), scale and zero ([rows, groups]), g_idx, the per-row loss sums and the damp used.
     Follows `GPTQ.quantize` line for line; group parameters come from the not-yet-updated `W` at each block
@@ -153,8 +153,7 @@ def gptq_solve(weight: torch.Tensor, H: torch.Tensor, nsamples: int, qcfg, graph
             if boundary or col == i1:
                 scale_cols[:, col - i1:] = quantizer.scale
                 zero_cols[:, col - i1:] = quantizer.zero
-        block = graphs is not None and i2 - i1 == BLOCK and W.device.type == "cuda"
-        if block:
+        if graphs is not None and i2 - i1 == BLOCK:
             key = (rows, maxq, groupwise)
             if key not in graphs:
                 graphs[key] = _GraphBlock(rows, W.device, maxq, groupwise)
@@ -171,8 +170,7 @@ def gptq_solve(weight: torch.Tensor, H: torch.Tensor, nsamples: int, qcfg, graph
     width = group_size if group_size != -1 else columns
     g_idx = torch.arange(columns, dtype=torch.int32, device=W.device) // width
     loss_rows = Losses.sum(dim=1)
-    return (Q.to(weight.dtype), torch.cat(scales, dim=1), torch.cat(zeros, dim=1), g_idx,
-            loss_rows, damp, nsamples)
+    return Q.to(weight.dtype), torch.cat(scales, dim=1), torch.cat(zeros, dim=1), g_idx, loss_rows, damp
 
 
 def capture_layer_inputs(hf_model, batches: list[dict], device) -> list[tuple]:
@@ -250,8 +248,8 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
             start = clock("forward_s", start, exclude=stages["hessian_s"] - hessian_before)
             for names, (H, nsamples) in hessians.items():
                 stacked = torch.cat([layer.get_submodule(n).weight.data for n in names])
-                Q, scale, zero, g_idx, loss_rows, damp, _ = gptq_solve(stacked, H, nsamples, qcfg, graphs,
-                                                                      name=f"{layer_index}.{names[0]}")
+                Q, scale, zero, g_idx, loss_rows, damp = gptq_solve(stacked, H, qcfg, graphs,
+                                                                   name=f"{layer_index}.{names[0]}")
                 offset = 0
                 for n in names:
                     module = layer.get_submodule(n)

@@ -102,7 +102,6 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
     )
     if cfg.engine == "fraudq" and device.startswith("cuda"):
         quant_config.pack_impl = "gpu"  # GPTQModel's own GPU packer; create + CPU pack took ~38 s on the 1.5B model
-    calibration = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in token_ids]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     timings = {}
@@ -116,6 +115,7 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
         if cfg.engine == "fraudq":
             engine_result = _run_fraudq_engine(model, token_ids, cfg, device, tokenizer)
         else:
+            calibration = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in token_ids]
             quant_log = model.quantize(calibration, batch_size=cfg.quant_batch_size, tokenizer=tokenizer)
             engine_result = {"stages": stage_timings(model), "modules": module_rows(quant_log), "batching": None}
         timings["quantize_s"] = time.perf_counter() - start
