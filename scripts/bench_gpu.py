@@ -9,8 +9,9 @@ reports it wrote. Phases (run one per device call; merge the JSON files with scr
              generate mode                                   -> quality figures
     speed    build the `qwen2-1.5b`-shaped model (random init), calib, quantize int8 and int4 with the
              default engine, eval fp16/int8/int4 in score and generate mode -> speed figures
-    engines  `small` at 4 bits: GPTQModel's loop at batch 32 and 8 against fraudq's engine (default, fp32
-             Hessian, 1,024-token batches): where the per-module losses part
+    engines  `small` at 4 bits: GPTQModel's loop at batch 32 and 8 against fraudq's engine (default, Hessian
+             in 1,024-token products, fp32 Hessian), each quantized and evaluated: per-module losses and
+             predictions against the library
     scaling  quantize time against calibration rows (256, 1,024, 2,348 on qwen2-1.5b) and shape (qwen2-0.5b);
              scaling7b adds the qwen2-7b shape. Plot with scripts/plot_scaling.py
     speed8   (first session, GPTQModel's loop) eval fp16, quantize int8 at batch 32, eval int8
@@ -214,33 +215,50 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
             suffix = "" if mode == "score" else ".generate"
             result["evals"][name][mode] = eval_summary(read(runs / "eval" / f"{name}{suffix}.json"))
             save()
+    # The shared-prefix lever, on and off in one call (the row above has it on, the default).
+    out = runs / "eval" / "fp16-no-share-prefix.json"
+    run(fraudq("eval", "--model", str(model), "--no-share-prefix", "--out", str(out)), log, env, 240)
+    result["evals"]["fp16"]["score_no_share_prefix"] = eval_summary(read(out))
+    result["evals"]["fp16"]["share_prefix_agreement"] = agreement(runs / "eval" / "fp16.predictions.jsonl",
+                                                                  runs / "eval" / "fp16-no-share-prefix.predictions.jsonl")
+    save()
 
 
-ENGINE_VARIANTS = {  # name: (CLI flags, environment); the library at two batch sizes is the control.
+ENGINE_VARIANTS = {  # name: (CLI flags, environment); GPTQModel's loop at batch 32 is the reference.
     # Most informative first: a call cut by its time limit still returns the variants that ran.
     "gptqmodel-b32": (["--engine", "gptqmodel", "--batch-size", "32"], {}),
     "fraudq": ([], {}),
+    # X^T X as 1,024-token products summed in fp32: if this matches the library where the default (one TF32
+    # product per 16k-token batch) does not, accumulation length is the cause.
+    "fraudq-chunk1024": ([], {"FRAUDQ_HESSIAN_CHUNK_TOKENS": "1024"}),
     "fraudq-fp32-hessian": ([], {"FRAUDQ_HESSIAN_TF32": "false"}),
-    # 1,024-token batches: TF32 X^T X over chains 16x shorter. If this matches the library where the default
-    # does not, accumulation length is the cause and chunking the Hessian GEMM is the fix.
-    "fraudq-batch1024": (["--batch-tokens", "1024"], {}),
     "gptqmodel-b8": (["--engine", "gptqmodel", "--batch-size", "8"], {}),
 }
 
 
 def phase_engines(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
-    """Where do fraudq's engine and GPTQModel's loop part? The `small` model at 4 bits, one variant at a time."""
+    """Where do fraudq's engine and GPTQModel's loop part? The `small` model at 4 bits, one variant at a time,
+    each quantized then evaluated; per-module losses and predictions against the library at batch 32."""
     model = work / "small"
     reference("small", model, log, env, 400, "--data", str(data / "train.jsonl"))
-    env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs")}
+    env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
+           "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
     runs = work / "runs"
     run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
-    result.update({"model": "small", "variants": {}})
+    run(fraudq("eval", "--model", str(model)), log, env, 120)
+    result.update({"model": "small", "fp16": eval_summary(read(runs / "eval" / "fp16.json")), "variants": {}})
+    reference_name = next(iter(ENGINE_VARIANTS))
     for name, (flags, extra_env) in ENGINE_VARIANTS.items():
-        out = runs / name
+        out, results = runs / name, runs / "eval" / f"{name}.json"
         run(fraudq("quantize", "--bits", "4", "--out", str(out), *flags), log, {**env, **extra_env}, 200)
+        run(fraudq("eval", "--model", str(out), "--out", str(results)), log, env, 120)
         report = read(out / "quant_report.json")
-        result["variants"][name] = {"timings": report["timings"], "modules": report["modules"]}
+        result["variants"][name] = {"timings": report["timings"], "stages": report.get("stages"),
+                                    "modules": report["modules"], "eval": eval_summary(read(results))}
+        if name != reference_name:
+            result["variants"][name]["equivalence"] = equivalence(
+                report, read(runs / reference_name / "quant_report.json"), runs / "eval" / f"{name}.predictions.jsonl",
+                runs / "eval" / f"{reference_name}.predictions.jsonl", runs / "eval" / "fp16.predictions.jsonl")
         save()
 
 
@@ -402,8 +420,11 @@ def short_table(result: dict) -> str:
                       for m in v["modules"] if base.get((m["layer"], m["module"]))}
             down = [f"{r:+.3f}" for (layer, module), r in sorted(ratios.items()) if module == "mlp.down_proj"]
             spread = sorted(abs(r) for r in ratios.values()) or [float("nan")]
+            damps = [f"{m['damp']:.2f}" for m in v["modules"] if m["module"] == "mlp.down_proj" and m.get("damp")]
+            same = v.get("equivalence", {}).get("predictions_vs_library", {}).get("fraction")
             lines.append(f"{name:<20} {v['timings']['total_s']:>6.1f} s  down {' '.join(down)}  "
-                         f"median {spread[len(spread) // 2]:.4f} max {spread[-1]:.4f}")
+                         f"median {spread[len(spread) // 2]:.4f} max {spread[-1]:.4f}  damp {' '.join(damps)}  "
+                         f"same preds {same}  F1 {v.get('eval', {}).get('f1')}")
         return "\n".join(lines)
     if result.get("phase") == "levers":
         lines = [f"{'variant':<11} {'total s':>8} {'quantize s':>10} {'peak GPU GB':>11} {'mean module loss':>16}"]
@@ -423,6 +444,13 @@ def short_table(result: dict) -> str:
                        e.get("generate", {})) for name, e in result.get("evals", {}).items()}
         for name, q in quant.items():
             lines.append(f"# {name}: {q['timings']}  stages {q['stages']}  memory {q['memory']}")
+        fp16 = result.get("evals", {}).get("fp16", {})
+        if "score_no_share_prefix" in fp16:
+            lines.append(f"# fp16 score without the shared prefix: {fp16['score_no_share_prefix']['samples_per_s']} "
+                         f"rows/s; agreement {fp16['share_prefix_agreement']}")
+        for name, e in result.get("evals", {}).items():
+            lines.append(f"# {name} warm-up s: " + ", ".join(f"{mode} {v.get('warmup_s')}" for mode, v in e.items()
+                                                          if isinstance(v, dict) and "warmup_s" in v))
     else:
         report = result.get("quant_report") or {}
         rows = {name: (report.get("timings", {}).get("total_s") if name != "fp16" else None,

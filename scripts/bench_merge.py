@@ -105,7 +105,8 @@ def engine_variants(engines: dict | None) -> dict | None:
     """The `engines` phase: down_proj loss and damp per layer for each variant, next to the library at batch 32."""
     if not engines:
         return None
-    return {name: {"quantize_total_s": v["timings"]["total_s"],
+    return {name: {"quantize_total_s": v["timings"]["total_s"], "stages": v.get("stages"),
+                   "eval": v.get("eval"), "equivalence": v.get("equivalence"),
                    "down_proj": [{"layer": m["layer"], "loss": m["loss"], "damp": m["damp"]}
                                  for m in v["modules"] if m["module"] == "mlp.down_proj"]}
             for name, v in engines.get("variants", {}).items()}

@@ -149,18 +149,27 @@ def test_scores_do_not_depend_on_batching(project, tmp_path, batch_size):
     assert outs["auto"] == pytest.approx(outs[batch_size], abs=1e-4)
 
 
-def test_multi_token_candidates_sum_log_probs(project):
-    """Words of several tokens: the batched score equals a plain unpadded sum of log-probs."""
-    from fraudq.evaluate import score_batch
+@pytest.mark.parametrize("shared", [False, True])
+def test_multi_token_candidates_sum_log_probs(project, shared):
+    """Words of several tokens: the batched score equals a plain unpadded sum of log-probs, also when the
+    prompts' common prefix runs once through a KV cache."""
+    from fraudq.evaluate import SharedPrefix, score_batch, shared_prefix_tokens
     from fraudq.modelio import inspect_model, load_model, load_tokenizer
 
     info = inspect_model(project.model)
     tokenizer = load_tokenizer(info)
     model = load_model(info, "cpu")
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("甲: 你好", "乙: 请转账到安全账户，马上")]
+    head = "下面是一段对话文本, 请分析对话内容是否有诈骗风险，以json格式输出你的判断结果。\n"
+    texts = [head + "甲: 你好", head + "乙: 请转账到安全账户，马上", head + "丙: 好"]
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     candidates = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" true}", " false}")]
     assert max(map(len, candidates)) > 1
-    got = score_batch(model, prompts, candidates, tokenizer.pad_token_id, "cpu")
+    prefix = None
+    if shared:
+        tokens = shared_prefix_tokens(prompts)
+        assert len(tokens) >= 16
+        prefix = SharedPrefix(model, tokens, "cpu")
+    got = score_batch(model, prompts, candidates, tokenizer.pad_token_id, "cpu", prefix).tolist()
     for prompt, value in zip(prompts, got):
         totals = []
         for cand in candidates:
@@ -168,6 +177,22 @@ def test_multi_token_candidates_sum_log_probs(project):
                 logits = model(torch.tensor([prompt + cand])).logits[0].float().log_softmax(-1)
             totals.append(sum(logits[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(cand)))
         assert value == pytest.approx(totals[0] - totals[1], abs=1e-4)
+
+
+def test_shared_prefix_gives_the_scores_of_whole_prompts(project, tmp_path):
+    """Eval with the prompts' common prefix run once scores every row as the plain path does."""
+    outs = {}
+    for flag in ("--share-prefix", "--no-share-prefix"):
+        out = tmp_path / f"{flag}.json"
+        result = run_cli("eval", "--model", project.model, "--config", project.config, "--limit", "24",
+                         "--batch-size", "5", flag, "--out", out)
+        assert result.exit_code == 0, result.output
+        outs[flag] = ([json.loads(line) for line in (tmp_path / f"{flag}.predictions.jsonl").read_text().splitlines()],
+                      json.loads(out.read_text())["batching"]["shared_prefix_tokens"])
+    shared, plain = outs["--share-prefix"], outs["--no-share-prefix"]
+    assert shared[1] >= 16 and plain[1] == 0
+    assert [p["score"] for p in shared[0]] == pytest.approx([p["score"] for p in plain[0]], abs=1e-4)
+    assert [p["prediction"] for p in shared[0]] == [p["prediction"] for p in plain[0]]
 
 
 def test_quantize_leaves_nothing_in_the_working_folder(quantized, tmp_path, monkeypatch):

@@ -99,7 +99,8 @@ def test_batches_sort_by_length_respect_the_budget_and_keep_only_real_tokens():
 
 
 def test_padding_stays_out_of_the_hessian(project):
-    """Hessians from padded batches equal those from one row at a time (fp32, CPU)."""
+    """Hessians from padded batches, in one product or in 3-token products, equal those from one row at a time
+    (fp32, CPU)."""
     from transformers import AutoModelForCausalLM
 
     from fraudq.calib import read_calibration
@@ -115,20 +116,21 @@ def test_padding_stays_out_of_the_hessian(project):
         return time.perf_counter()
 
     hessians = {}
-    for budget in (1, 10_000):
+    for budget, chunk in ((1, 0), (10_000, 0), (10_000, 3)):
         batches = calibration_batches(token_ids, budget, tokenizer.pad_token_id)
         states = capture_layer_inputs(model, batches, torch.device("cpu"))
         with torch.no_grad():
-            hessians[budget] = _subset_hessians(layer, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                        "mlp.down_proj"], states, [b["keep"] for b in batches],
-                                                False, clock)
+            hessians[budget, chunk] = _subset_hessians(
+                layer, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.down_proj"], states,
+                [b["keep"] for b in batches], False, chunk, clock)
     assert len(calibration_batches(token_ids, 10_000, 0)) == 1  # the padded case really pads
     shared = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-    assert set(hessians[1]) == set(hessians[10_000]) == {shared, ("mlp.down_proj",)}
-    for key, (H, count) in hessians[1].items():
-        padded, padded_count = hessians[10_000][key]
-        assert count == padded_count == sum(map(len, token_ids))
-        torch.testing.assert_close(padded, H, rtol=1e-5, atol=1e-6)
+    for variant in ((10_000, 0), (10_000, 3)):
+        assert set(hessians[1, 0]) == set(hessians[variant]) == {shared, ("mlp.down_proj",)}
+        for key, (H, count) in hessians[1, 0].items():
+            padded, padded_count = hessians[variant][key]
+            assert count == padded_count == sum(map(len, token_ids))
+            torch.testing.assert_close(padded, H, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -136,8 +138,11 @@ def test_padding_stays_out_of_the_hessian(project):
     (["--desc-act"], "need --engine gptqmodel"),
     (["--static-groups"], "need --engine gptqmodel"),
     (["--batch-tokens", "0"], "--batch-tokens must be at least 1"),
+    ({"FRAUDQ_HESSIAN_CHUNK_TOKENS": "-1"}, "hessian_chunk_tokens must be 0"),
 ])
 def test_engine_settings_are_checked(quantized, tmp_path, flags, needle):
-    result = run_cli("quantize", "--bits", "4", "--config", quantized.config, "--out", tmp_path / "q", *flags)
+    env = flags if isinstance(flags, dict) else None
+    result = run_cli("quantize", "--bits", "4", "--config", quantized.config, "--out", tmp_path / "q",
+                     *([] if env else flags), env=env)
     one_line_error(result, needle)
     assert not (tmp_path / "q").exists()

@@ -184,6 +184,9 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                  mode: Annotated[Optional[str], typer.Option("--mode", help="score or generate.")] = None,
                  batch_size: Annotated[Optional[str], typer.Option("--batch-size", help="Rows per batch, or auto.")] = None,
                  limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N rows only.")] = None,
+                 share_prefix: Annotated[Optional[bool], typer.Option(
+                     "--share-prefix/--no-share-prefix",
+                     help="Score mode: run the prompt prefix all rows share once.")] = None,
                  out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (predictions go beside it).")] = None,
                  device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
                  skip_invalid: SkipInvalid = False, trust_remote_code: TrustRemoteCode = None,
@@ -192,8 +195,8 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
     from fraudq.compare import results_name
     from fraudq.evaluate import evaluate_model
 
-    cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, device=device,
-                      backend=backend, test_data=data, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, share_prefix=share_prefix,
+                      device=device, backend=backend, test_data=data, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     model = model or cfg.model
     require(model, "--model")
     require(cfg.test_data, "--data (or test_data in the config)")

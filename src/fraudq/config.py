@@ -44,13 +44,15 @@ class Config:
     engine: str = "fraudq"  # fraudq: fraudq's driver around GPTQModel's math; gptqmodel: the library's own loop
     quant_batch_tokens: int = 16384  # fraudq engine: padded calibration tokens per forward
     hessian_tf32: bool = True  # fraudq engine on CUDA: X^T X on TF32 tensor cores (fp16 inputs are exact in TF32)
+    hessian_chunk_tokens: int = 0  # fraudq engine: tokens per X^T X product; 0 = one product per batch
     device: str = "auto"  # quantize: a GPU, unless --device cpu; eval and load: the GPU if there is one
     backend: str = "auto"  # GPTQModel kernel for loading quantized models: auto, torch, triton, marlin
     # [eval]
     mode: str = "score"
     eval_batch_size: str = "auto"
     token_budget: int = 32768  # tokens per batch when eval_batch_size is "auto"
-    generate_token_budget: int = 131072  # the same for generate mode, whose decode steps cost the same at any batch
+    generate_token_budget: int = 262144  # the same for generate mode, whose decode steps cost the same at any batch
+    share_prefix: bool = True  # score mode: run the prompt prefix all rows share once, reuse its keys and values
     limit: int = 0  # 0 = all rows
     instruction: str = DEFAULT_INSTRUCTION
     answer_prefix: str = '{"is_fraud":'

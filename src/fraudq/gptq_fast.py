@@ -206,10 +206,11 @@ def _layer_output(result):
 
 @torch.no_grad()
 def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int, tf32: bool, pad_id: int,
-                    progress=None) -> dict:
+                    progress=None, chunk_tokens: int = 0) -> dict:
     """Quantize every decoder layer in place and pack it; returns stage seconds and per-module rows.
 
-    `progress(done, total)` is called after each layer.
+    `progress(done, total)` is called after each layer. `chunk_tokens` > 0 splits each batch's X^T X into
+    products over that many tokens (shorter accumulation chains); 0 is one product per batch.
     """
     from gptqmodel.utils.model import create_quant_module, pack_module
     from gptqmodel.quantization.config import resolve_quant_format
@@ -244,7 +245,7 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
         layer.to(device)
         for subset in subsets:
             start, hessian_before = time.perf_counter(), stages["hessian_s"]
-            hessians = _subset_hessians(layer, subset, states, keep, tf32, clock)
+            hessians = _subset_hessians(layer, subset, states, keep, tf32, chunk_tokens, clock)
             start = clock("forward_s", start, exclude=stages["hessian_s"] - hessian_before)
             for names, (H, nsamples) in hessians.items():
                 stacked = torch.cat([layer.get_submodule(n).weight.data for n in names])
@@ -291,7 +292,7 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
                          "tokens": sum(int(b["keep"].numel()) for b in batches)}}
 
 
-def _subset_hessians(layer, subset, states, keep, tf32: bool, clock) -> dict:
+def _subset_hessians(layer, subset, states, keep, tf32: bool, chunk_tokens: int, clock) -> dict:
     """2/n * sum x x^T over real tokens for each distinct input of `subset`, keyed by the modules reading it."""
     sums: dict[tuple, list] = {}
     readers: dict[str, tuple] = {}  # module -> key of the modules sharing its input
@@ -311,7 +312,8 @@ def _subset_hessians(layer, subset, states, keep, tf32: bool, clock) -> dict:
                     sums[key] = [torch.zeros((x.shape[-1], x.shape[-1]), dtype=torch.float32, device=x.device), 0]
                 flat = x.reshape(-1, x.shape[-1]).index_select(0, current["keep"]).float()
                 with _tf32(tf32):
-                    sums[key][0].addmm_(flat.T, flat)
+                    for part in flat.split(chunk_tokens or flat.shape[0]):
+                        sums[key][0].addmm_(part.T, part)
                 sums[key][1] += flat.shape[0]
                 clock("hessian_s", started)
             elif name not in key:

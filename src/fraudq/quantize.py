@@ -20,7 +20,7 @@ from fraudq.modelio import dir_size, inspect_model, load_tokenizer, peak_memory,
 VALID_BITS = (2, 3, 4, 8)
 # Settings that change the quantized weights: recorded in quant_report.json and in `fraudq run`'s stamps.
 QUANT_KEYS = ("group_size", "damp", "desc_act", "sym", "true_sequential", "static_groups", "quant_batch_size",
-              "engine", "quant_batch_tokens", "hessian_tf32")
+              "engine", "quant_batch_tokens", "hessian_tf32", "hessian_chunk_tokens")
 ENGINES = ("fraudq", "gptqmodel")
 
 
@@ -47,6 +47,8 @@ def validate_settings(cfg: Config, bits: int, model_config: dict) -> None:
         raise BadInput("--desc-act and --static-groups need --engine gptqmodel; fraudq's engine does plain GPTQ order")
     if cfg.quant_batch_tokens < 1:
         raise BadInput(f"--batch-tokens must be at least 1, got {cfg.quant_batch_tokens}")
+    if cfg.hessian_chunk_tokens < 0:
+        raise BadInput(f"hessian_chunk_tokens must be 0 (one product per batch) or positive, got {cfg.hessian_chunk_tokens}")
     if cfg.group_size == -1:
         return
     if cfg.group_size <= 0:
@@ -167,7 +169,8 @@ def _run_fraudq_engine(model, token_ids, cfg: Config, device: str, tokenizer) ->
                 bar.update(done - bar.n)
 
             result.update(quantize_layers(model, token_ids, model.quantize_config, device, cfg.quant_batch_tokens,
-                                          cfg.hessian_tf32, pad_id, progress=progress))
+                                          cfg.hessian_tf32, pad_id, progress=progress,
+                                          chunk_tokens=cfg.hessian_chunk_tokens))
         model.quantized = True
         model.quantize_config.method = METHOD.GPTQ
         return {}
