@@ -9,7 +9,8 @@ the lazy-batch column update, `pack_module`, `save`) and changes only how the wo
 - modules that read the same input (q/k/v, gate/up) share one Hessian and are solved as one stacked
   matrix (GPTQ treats rows independently, so this changes nothing but the launch count);
 - a subset's forward stops at its last module's input;
-- on CUDA each 128-column block of the solve is one replayed CUDA graph, and X^T X runs in TF32.
+- on CUDA each 128-column block of the solve is one replayed CUDA graph, and X^T X runs in TF32 over
+  1,024-token products summed in fp32.
 `tests/test_gptq_fast.py` holds it to the library's own solve and to the library path end to end.
 """
 
@@ -48,15 +49,44 @@ def calibration_batches(token_ids: list[list[int]], batch_tokens: int, pad_id: i
 
 @contextlib.contextmanager
 def _tf32(enabled: bool):
-    # fp16/bf16 activations are exact in TF32 (10-bit mantissa), so X^T X keeps fp32 accumulation at tensor-core
-    # speed. Measured caveat: on layers with massive activations a few down_proj Hessians then needed damp 0.02
-    # where GPTQModel's passed at 0.01 (docs/BENCHMARKS.md, Equivalence); hessian_tf32 = false turns it off.
+    # fp16/bf16 activations are exact in TF32 (10-bit mantissa), but the tensor cores' fp32 accumulation truncates:
+    # over one 16k-token product the Hessian's diagonal came out 1.1e-4 low (fp32: 1e-6), enough that some
+    # down_proj Hessians needed damp 0.02-0.03 and lost 40-80% more. Products of 1,024 tokens, summed in fp32,
+    # bring the bias to 6e-6 and the losses back to the library's (docs/BENCHMARKS.md, Equivalence).
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = enabled
     try:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+class _Spans:
+    """Time spent in `with spans.measure():` blocks. On a GPU it records CUDA events instead of synchronising,
+    so clocking the Hessian inside forward hooks never stalls the queue of the forward around it."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.events, self.cpu_s = [], 0.0
+
+    @contextlib.contextmanager
+    def measure(self):
+        if self.cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            yield
+            end.record()
+            self.events.append((begin, end))
+        else:
+            start = time.perf_counter()
+            yield
+            self.cpu_s += time.perf_counter() - start
+
+    def seconds(self) -> float:
+        """Waits for the recorded work, so call it where the caller synchronises anyway."""
+        if self.events:
+            self.events[-1][1].synchronize()
+        return self.cpu_s + sum(begin.elapsed_time(end) for begin, end in self.events) / 1e3
 
 
 class _GraphBlock:
@@ -221,8 +251,8 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
     stages = {"capture_s": 0.0, "forward_s": 0.0, "hessian_s": 0.0, "solve_s": 0.0, "pack_s": 0.0}
 
     def clock(stage=None, since=None, exclude=0.0):
-        # Syncs so GPU work lands in the stage that queued it. Hessian time is clocked inside the forward's
-        # hooks; `exclude` keeps it out of forward_s.
+        # Syncs so GPU work lands in the stage that queued it; a few times per layer, never inside the forward's
+        # hooks. Hessian time, measured there by _Spans, is `exclude`d from forward_s.
         sync()
         now = time.perf_counter()
         if stage:
@@ -244,9 +274,11 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
     for layer_index, layer in enumerate(layers):
         layer.to(device)
         for subset in subsets:
-            start, hessian_before = time.perf_counter(), stages["hessian_s"]
-            hessians = _subset_hessians(layer, subset, states, keep, tf32, chunk_tokens, clock)
-            start = clock("forward_s", start, exclude=stages["hessian_s"] - hessian_before)
+            start, spans = time.perf_counter(), _Spans(device)
+            hessians = _subset_hessians(layer, subset, states, keep, tf32, chunk_tokens, spans)
+            hessian_s = spans.seconds()
+            stages["hessian_s"] += hessian_s
+            start = clock("forward_s", start, exclude=hessian_s)
             for names, (H, nsamples) in hessians.items():
                 stacked = torch.cat([layer.get_submodule(n).weight.data for n in names])
                 Q, scale, zero, g_idx, loss_rows, damp = gptq_solve(stacked, H, qcfg, graphs,
@@ -292,7 +324,7 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
                          "tokens": sum(int(b["keep"].numel()) for b in batches)}}
 
 
-def _subset_hessians(layer, subset, states, keep, tf32: bool, chunk_tokens: int, clock) -> dict:
+def _subset_hessians(layer, subset, states, keep, tf32: bool, chunk_tokens: int, spans: _Spans) -> dict:
     """2/n * sum x x^T over real tokens for each distinct input of `subset`, keyed by the modules reading it."""
     sums: dict[tuple, list] = {}
     readers: dict[str, tuple] = {}  # module -> key of the modules sharing its input
@@ -305,17 +337,15 @@ def _subset_hessians(layer, subset, states, keep, tf32: bool, chunk_tokens: int,
             x = args[0]
             key = seen.get(id(x), (None, None))[1]
             if key is None:
-                started = clock()
                 key = readers.get(name, (name,))
                 seen[id(x)] = (x, key)
                 if key not in sums:
                     sums[key] = [torch.zeros((x.shape[-1], x.shape[-1]), dtype=torch.float32, device=x.device), 0]
-                flat = x.reshape(-1, x.shape[-1]).index_select(0, current["keep"]).float()
-                with _tf32(tf32):
+                with spans.measure(), _tf32(tf32):
+                    flat = x.reshape(-1, x.shape[-1]).index_select(0, current["keep"]).float()
                     for part in flat.split(chunk_tokens or flat.shape[0]):
                         sums[key][0].addmm_(part.T, part)
                 sums[key][1] += flat.shape[0]
-                clock("hessian_s", started)
             elif name not in key:
                 # First batch only: this module reads the same tensor as `key`'s modules; merge them.
                 merged = key + (name,)
