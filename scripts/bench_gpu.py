@@ -9,6 +9,7 @@ reports it wrote. Phases (run one per device call; merge the JSON files with scr
              generate mode                                   -> quality figures
     speed    build the `qwen2-1.5b`-shaped model (random init), calib, quantize int8 and int4 with the
              default engine, eval fp16/int8/int4 in score and generate mode -> speed figures
+    check    the shipped defaults: fp16 generate on qwen2-1.5b, then `quality` without GPTQModel's loop
     engines  `small` at 4 bits: GPTQModel's loop at batch 32 and 8 against fraudq's engine (default, Hessian
              in 1,024-token products, fp32 Hessian), each quantized and evaluated: per-module losses and
              predictions against the library
@@ -85,8 +86,9 @@ def eval_summary(result: dict) -> dict:
     return {k: result.get(k) for k in keys}
 
 
-def phase_quality(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
-    """The `small` classifier quantized by fraudq's engine (the default) and by GPTQModel's own loop.
+def phase_quality(data: Path, work: Path, env: dict, log: list, result: dict, save, library: bool = True) -> None:
+    """The `small` classifier quantized by fraudq's engine (the default) and, with `library`, by GPTQModel's
+    own loop.
 
     The two checkpoints come from the same model, config and calibration rows; `equivalence` holds their
     per-module GPTQ losses and eval predictions side by side.
@@ -102,8 +104,9 @@ def phase_quality(data: Path, work: Path, env: dict, log: list, result: dict, sa
     result["calib"] = read(runs / "calib.jsonl.meta.json")["stats"]
     for bits in (8, 4):
         run(fraudq("quantize", "--bits", str(bits)), log, env, 200)
-        run(fraudq("quantize", "--bits", str(bits), "--engine", "gptqmodel", "--batch-size", "32",
-                   "--out", str(runs / f"int{bits}-gptqmodel")), log, env, 300)
+        if library:
+            run(fraudq("quantize", "--bits", str(bits), "--engine", "gptqmodel", "--batch-size", "32",
+                       "--out", str(runs / f"int{bits}-gptqmodel")), log, env, 300)
         save()
     run(fraudq("compare", "int8", "int4", "fp16", "--plot", str(runs / "compare" / "plots")), log, env, 300)
     for name in ("fp16", "int8", "int4"):
@@ -113,7 +116,7 @@ def phase_quality(data: Path, work: Path, env: dict, log: list, result: dict, sa
     result["compare"] = read(runs / "compare" / "compare.json")
     save()
     result["equivalence"] = {}
-    for bits in (8, 4):
+    for bits in (8, 4) if library else ():
         library = runs / f"int{bits}-gptqmodel"
         out = runs / "eval" / f"int{bits}-gptqmodel.json"
         run(fraudq("eval", "--model", str(library), "--out", str(out)), log, env, 200)
@@ -156,6 +159,21 @@ def agreement(a: Path, b: Path) -> dict:
     same = sum(x["prediction"] == y["prediction"] for x, y in zip(left, right))
     invalid = sum(y["prediction"] is None for y in right)
     return {"rows": len(left), "same": same, "fraction": round(same / len(left), 5), "generate_invalid": invalid}
+
+
+def phase_check(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
+    """The shipped defaults, end to end: fp16 generate mode on the qwen2-1.5b shape (shared prefix), then the
+    quality phase on `small` with fraudq's engine only (the engines phase holds the library comparison)."""
+    model = work / "qwen2-1.5b"
+    random_init("qwen2-1.5b", model, log, env, 200)
+    runs = work / "runs-1.5b"
+    out = runs / "fp16.generate.json"
+    run(fraudq("eval", "--model", str(model), "--mode", "generate", "--out", str(out)), log,
+        {**env, "FRAUDQ_WORK_DIR": str(runs), "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}, 240)
+    result["qwen2-1.5b"] = {"fp16": {"generate": eval_summary(read(out))}}
+    save()
+    shutil.rmtree(model, ignore_errors=True)
+    phase_quality(data, work, env, log, result, save, library=False)
 
 
 def phase_speed_library(bits: int, data: Path, work: Path, env: dict, log: list, generate_limit: int, result: dict,
@@ -340,7 +358,7 @@ def phase_levers(data: Path, work: Path, env: dict, log: list, result: dict, sav
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("quality", "speed", "engines", "scaling", "scaling7b", "speed8",
+    parser.add_argument("--phase", choices=("quality", "speed", "engines", "check", "scaling", "scaling7b", "speed8",
                                             "speed4", "levers"), required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder with the anti_fraud JSONL files")
     parser.add_argument("--out", type=Path, required=True, help="folder for <phase>.json and artifacts")
@@ -376,6 +394,8 @@ def main() -> int:
             phase_speed(args.data, args.work, env, log, result, save)
         elif args.phase == "engines":
             phase_engines(args.data, args.work, env, log, result, save)
+        elif args.phase == "check":
+            phase_check(args.data, args.work, env, log, result, save)
         elif args.phase in ("scaling", "scaling7b"):
             default = "qwen2-1.5b,qwen2-0.5b" if args.phase == "scaling" else "qwen2-7b"
             rows = [int(n) for n in args.scaling_rows.split(",")]
@@ -436,8 +456,12 @@ def short_table(result: dict) -> str:
         for name, e in result.get("eval_token_budget", {}).items():
             lines.append(f"eval {name:<20} {e['samples_per_s']:>8.1f} rows/s  peak {e['memory']}")
         return "\n".join(lines)
-    if result.get("phase") == "quality":
+    if result.get("phase") in ("quality", "check"):
         models = result.get("models", {})
+        generate = result.get("qwen2-1.5b", {}).get("fp16", {}).get("generate")
+        if generate:
+            lines.insert(0, f"# qwen2-1.5b fp16 generate: {generate['samples_per_s']} rows/s, "
+                            f"warm-up {generate['warmup_s']} s, {generate['batching']}, {generate['memory']}")
         rows = {name: (m.get("quant_report", {}).get("timings", {}).get("total_s"), m.get("score", {}),
                        m.get("generate", {})) for name, m in models.items()}
     elif result.get("phase") == "speed":
