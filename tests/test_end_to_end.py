@@ -179,47 +179,20 @@ def test_multi_token_candidates_sum_log_probs(project, shared):
         assert value == pytest.approx(totals[0] - totals[1], abs=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["score", "generate"])
-def test_shared_prefix_gives_the_results_of_whole_prompts(project, tmp_path, mode):
-    """Eval with the prompts' common prefix run once gives every row the score (or greedy answer) of the
-    plain path."""
+def test_shared_prefix_gives_the_scores_of_whole_prompts(project, tmp_path):
+    """Eval with the prompts' common prefix run once scores every row as the plain path does."""
     outs = {}
     for flag in ("--share-prefix", "--no-share-prefix"):
         out = tmp_path / f"{flag}.json"
         result = run_cli("eval", "--model", project.model, "--config", project.config, "--limit", "24",
-                         "--batch-size", "5", "--mode", mode, flag, "--out", out)
+                         "--batch-size", "5", flag, "--out", out)
         assert result.exit_code == 0, result.output
         outs[flag] = ([json.loads(line) for line in (tmp_path / f"{flag}.predictions.jsonl").read_text().splitlines()],
-                      json.loads(out.read_text()))
-    (shared, shared_result), (plain, plain_result) = outs["--share-prefix"], outs["--no-share-prefix"]
-    assert shared_result["batching"]["shared_prefix_tokens"] >= 16
-    assert plain_result["batching"]["shared_prefix_tokens"] == 0
-    assert [p["prediction"] for p in shared] == [p["prediction"] for p in plain]
-    if mode == "score":
-        assert [p["score"] for p in shared] == pytest.approx([p["score"] for p in plain], abs=1e-4)
-    else:
-        assert shared_result["confusion"] == plain_result["confusion"] and shared_result["confusion"]["invalid"] == 0
-
-
-def test_generate_with_shared_prefix_sees_what_whole_prompts_give(project):
-    """Step by step, generate() fed the prefix cache scores every vocabulary entry as with whole prompts."""
-    from fraudq.evaluate import SharedPrefix, generation_inputs, shared_prefix_tokens
-    from fraudq.modelio import inspect_model, load_model, load_tokenizer
-
-    info = inspect_model(project.model)
-    tokenizer = load_tokenizer(info)
-    model = load_model(info, "cpu")
-    head = "下面是一段对话文本, 请分析对话内容是否有诈骗风险，以json格式输出你的判断结果。\n"
-    prompts = [tokenizer(head + t, add_special_tokens=False)["input_ids"] for t in ("甲: 你好", "乙: 请转账到安全账户，马上")]
-    prefix = SharedPrefix(model, shared_prefix_tokens(prompts), "cpu")
-    steps = {}
-    for name, shared in (("plain", None), ("shared", prefix)):
-        with torch.no_grad():
-            out = model.generate(**generation_inputs(prompts, tokenizer.pad_token_id, "cpu", shared), max_new_tokens=3,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, output_scores=True,
-                                 return_dict_in_generate=True, eos_token_id=None)
-        steps[name] = torch.stack(out.scores)
-    torch.testing.assert_close(steps["shared"], steps["plain"], atol=1e-4, rtol=1e-4)
+                      json.loads(out.read_text())["batching"]["shared_prefix_tokens"])
+    shared, plain = outs["--share-prefix"], outs["--no-share-prefix"]
+    assert shared[1] >= 16 and plain[1] == 0
+    assert [p["score"] for p in shared[0]] == pytest.approx([p["score"] for p in plain[0]], abs=1e-4)
+    assert [p["prediction"] for p in shared[0]] == [p["prediction"] for p in plain[0]]
 
 
 def test_quantize_leaves_nothing_in_the_working_folder(quantized, tmp_path, monkeypatch):

@@ -186,7 +186,7 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                  limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N rows only.")] = None,
                  share_prefix: Annotated[Optional[bool], typer.Option(
                      "--share-prefix/--no-share-prefix",
-                     help="Run the prompt prefix all rows share once (KV cache).")] = None,
+                     help="Score mode: run the prompt prefix all rows share once.")] = None,
                  out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (predictions go beside it).")] = None,
                  device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
                  skip_invalid: SkipInvalid = False, trust_remote_code: TrustRemoteCode = None,

@@ -53,7 +53,7 @@ class Config:
     eval_batch_size: str = "auto"
     token_budget: int = 32768  # tokens per batch when eval_batch_size is "auto"
     generate_token_budget: int = 262144  # the same for generate mode, whose decode steps cost the same at any batch
-    share_prefix: bool = True  # run the prompt prefix all rows share once, reuse its keys and values
+    share_prefix: bool = True  # score mode: run the prompt prefix all rows share once, reuse its keys and values
     limit: int = 0  # 0 = all rows
     instruction: str = DEFAULT_INSTRUCTION
     answer_prefix: str = '{"is_fraud":'

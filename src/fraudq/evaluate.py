@@ -83,8 +83,8 @@ def shared_prefix_tokens(prompt_ids: list[list[int]]) -> list[int]:
 class SharedPrefix:
     """The prompt tokens every row starts with (chat template, system prompt, instruction), run once.
 
-    Each batch then runs only the rows' own tokens, attending to this prefix's keys and values through a KV
-    cache: on the anti-fraud test set, 44 of the ~160 tokens of every prompt.
+    Score mode then feeds each batch only the rows' own tokens, attending to this prefix's keys and values
+    through a KV cache: on the anti-fraud test set, 44 of the ~160 tokens of every prompt.
     """
 
     def __init__(self, model, tokens: list[int], device: str):
@@ -156,29 +156,14 @@ def _column(cand: list[int], rows: int, device):
     return torch.tensor(cand, device=device).view(1, -1, 1).expand(rows, -1, -1)
 
 
-def generation_inputs(prompt_ids: list[list[int]], pad_id: int, device: str, prefix: SharedPrefix | None = None):
-    """generate()'s inputs for a batch. With `prefix`, the whole prompts and a cache already holding the
-    prefix: transformers skips the cached positions, so the first forward runs only the rows' own tokens."""
+def generate_batch(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, device: str) -> list[str]:
     import torch
 
-    rows = prefix.strip(prompt_ids) if prefix else prompt_ids
-    ids, mask, _ = left_pad(rows, pad_id, device)
-    if prefix is None:
-        return {"input_ids": ids, "attention_mask": mask}
-    return {"input_ids": torch.cat([torch.tensor(prefix.tokens, device=ids.device).expand(len(rows), -1), ids], 1),
-            "attention_mask": torch.cat([mask.new_ones((len(rows), len(prefix.tokens))), mask], dim=1),
-            "past_key_values": prefix.cache_for(len(rows))}
-
-
-def generate_batch(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, device: str,
-                   prefix: SharedPrefix | None = None) -> list[str]:
-    import torch
-
-    inputs = generation_inputs(prompt_ids, tokenizer.pad_token_id, device, prefix)
+    ids, mask, _ = left_pad(prompt_ids, tokenizer.pad_token_id, device)
     with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -251,14 +236,14 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     extra = max(map(len, candidates)) if cfg.mode == "score" else cfg.max_new_tokens
-    shared = shared_prefix_tokens(prompt_ids) if cfg.share_prefix else []
+    shared = shared_prefix_tokens(prompt_ids) if cfg.mode == "score" and cfg.share_prefix else []
     batches = make_batches([len(p) - len(shared) + extra for p in prompt_ids], batch_size, token_budget)
 
     def predict(indices: list[int]):
         chunk = [prompt_ids[i] for i in indices]
         if cfg.mode == "score":
             return score_batch(model, chunk, candidates, tokenizer.pad_token_id, device, prefix)
-        return generate_batch(model, tokenizer, chunk, cfg.max_new_tokens, device, prefix)
+        return generate_batch(model, tokenizer, chunk, cfg.max_new_tokens, device)
 
     def work(indices: list[int]):
         values = predict(indices)
