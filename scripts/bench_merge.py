@@ -1,7 +1,8 @@
 """Merge the JSON files of scripts/bench_gpu.py's phases into one docs/bench/YYYY-MM-DD-<card>.json.
 
     python scripts/bench_merge.py quality.json speed.json --out docs/bench/2026-11-25-h100-2.json
-    (the first session's files came from quality.json speed8.json [speed4.json])
+    (the first session's files came from quality.json speed8.json [speed4.json]; the third session's from
+    speed.json check.json engines.json scaling.json scaling7b.json hessian_precision.json)
 
 Speed figures (quantize_s, peak_gpu_gb, eval_*_sps, size_bytes) come from the `qwen2-1.5b` phases,
 quality figures (precision, recall, f1, auc, flips) from the `small` phase. A figure a phase did not
@@ -22,7 +23,7 @@ def load(paths: list[Path]) -> dict[str, dict]:
     phases = {}
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
-        phases[data["phase"]] = data
+        phases[data.get("phase") or path.stem] = data  # probes write no phase key: named by their file
     return phases
 
 
@@ -59,8 +60,13 @@ def speed_figures(phases: dict, name: str) -> dict:
     }
 
 
+def quality_source(phases: dict) -> dict:
+    """`quality`, or `check` (the same on `small`, without GPTQModel's loop)."""
+    return phases.get("quality") or phases.get("check") or {}
+
+
 def quality_figures(phases: dict, name: str) -> dict:
-    quality = phases.get("quality")
+    quality = quality_source(phases)
     if not quality:
         return {}
     row = next(m for m in quality["compare"]["models"] if m["name"] == name)
@@ -83,7 +89,8 @@ def merge(phases: dict) -> dict:
     models = {}
     for name in NAMES:
         models[name] = {**speed_figures(phases, name), **quality_figures(phases, name)}
-    quality = phases.get("quality", {})
+    quality = quality_source(phases)
+    speed_fp16 = (phases.get("speed") or {}).get("evals", {}).get("fp16", {})
     return {
         "card": first["card"],
         "date": first["date"],
@@ -98,6 +105,11 @@ def merge(phases: dict) -> dict:
                        "steps": p.get("steps")} for k, p in phases.items()},
         "models": models,
         "engines": engine_variants(phases.get("engines")),
+        "share_prefix": {"eval_score_sps_off": (speed_fp16.get("score_no_share_prefix") or {}).get("samples_per_s"),
+                         "agreement_on_off": speed_fp16.get("share_prefix_agreement")} if speed_fp16 else None,
+        "generate_qwen2_1_5b_check": (phases.get("check") or {}).get("qwen2-1.5b"),
+        "scaling": [run for key in ("scaling", "scaling7b") for run in (phases.get(key) or {}).get("runs", [])] or None,
+        "hessian_precision": (phases.get("hessian_precision") or {}).get("runs"),
     }
 
 

@@ -53,7 +53,7 @@ def plot_rows(runs: list[dict], out: Path) -> Path | None:
     ax.set_ylabel("seconds")
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
-    ax.set_title(f"fraudq quantize int4, {preset}, {runs[0]['card']} ({runs[0]['date']})")
+    ax.set_title(f"fraudq quantize int4, {preset}\n{runs[0]['card']}, {runs[0]['date']}", fontsize=10)
     return save(fig, ax, out / "scaling_rows.png")
 
 
@@ -70,7 +70,7 @@ def plot_shape(runs: list[dict], out: Path) -> Path | None:
     ax.set_ylabel("seconds")
     ax.set_xlim(0, points[-1][0] * 1.3)  # room for the last label
     ax.set_ylim(bottom=0)
-    ax.set_title(f"fraudq quantize int4, {most} calibration rows")
+    ax.set_title(f"fraudq quantize int4, {most} calibration rows\n{runs[0]['card']}, {runs[0]['date']}", fontsize=10)
     return save(fig, ax, out / "scaling_shape.png")
 
 
