@@ -162,8 +162,8 @@ def agreement(a: Path, b: Path) -> dict:
 
 
 def phase_check(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
-    """The shipped defaults, end to end: fp16 generate mode on the qwen2-1.5b shape (shared prefix), then the
-    quality phase on `small` with fraudq's engine only (the engines phase holds the library comparison)."""
+    """The shipped defaults, end to end: fp16 generate mode on the qwen2-1.5b shape, then the quality phase on
+    `small` with fraudq's engine only (the engines phase holds the library comparison)."""
     model = work / "qwen2-1.5b"
     random_init("qwen2-1.5b", model, log, env, 200)
     runs = work / "runs-1.5b"

@@ -44,7 +44,8 @@ class Config:
     engine: str = "fraudq"  # fraudq: fraudq's driver around GPTQModel's math; gptqmodel: the library's own loop
     quant_batch_tokens: int = 16384  # fraudq engine: padded calibration tokens per forward
     hessian_tf32: bool = True  # fraudq engine on CUDA: X^T X on TF32 tensor cores (fp16 inputs are exact in TF32)
-    # fraudq engine: tokens per X^T X product; longer TF32 chains biased the Hessian (docs/BENCHMARKS.md). 0 = one
+    # fraudq engine: tokens per X^T X product (longer TF32 chains bias the Hessian: docs/BENCHMARKS.md);
+    # 0 = one product per calibration batch
     hessian_chunk_tokens: int = 1024
     device: str = "auto"  # quantize: a GPU, unless --device cpu; eval and load: the GPU if there is one
     backend: str = "auto"  # GPTQModel kernel for loading quantized models: auto, torch, triton, marlin

@@ -235,8 +235,8 @@ def _layer_output(result):
 
 
 @torch.no_grad()
-def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int, tf32: bool, pad_id: int,
-                    progress=None, chunk_tokens: int = 0) -> dict:
+def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int, tf32: bool, pad_id: int, *,
+                    chunk_tokens: int, progress=None) -> dict:
     """Quantize every decoder layer in place and pack it; returns stage seconds and per-module rows.
 
     `progress(done, total)` is called after each layer. `chunk_tokens` > 0 splits each batch's X^T X into
