@@ -55,8 +55,19 @@ def test_solve_matches_gptqmodel_bit_for_bit(bits, group_size, columns):
 
 
 def test_engine_writes_the_library_checkpoint_bit_for_bit_at_one_row_per_batch(quantized, tmp_path):
-    """Without padding the forwards are the library's, so every saved tensor must be equal."""
-    calib = quantized.work / "calib.jsonl"
+    """Without padding the forwards are the library's, so every saved tensor must be equal. Rows of three
+    dialogues each (~450 tokens): long enough that the CPU BLAS blocks X^T X, where rounding orders part."""
+    from fraudq.synth import generate_dialogues, write_jsonl
+
+    dialogues = generate_dialogues(48, seed=5)
+    rows = [{**first, "input": "\n".join(d["input"] for d in (first, second, third))}
+            for first, second, third in zip(dialogues[0::3], dialogues[1::3], dialogues[2::3])]
+    write_jsonl(tmp_path / "long.jsonl", rows)
+    calib = tmp_path / "calib.jsonl"
+    result = run_cli("calib", "--config", quantized.config, "--data", tmp_path / "long.jsonl", "--n", "16",
+                     "--out", calib)
+    assert result.exit_code == 0, result.output
+    assert json.loads(calib.with_name("calib.jsonl.meta.json").read_text())["stats"]["tokens"]["mean"] > 300
     outs = {}
     for engine, flags in (("gptqmodel", ["--batch-size", "1"]), ("fraudq", ["--batch-tokens", "1"])):
         outs[engine] = tmp_path / engine

@@ -344,7 +344,13 @@ def _subset_hessians(layer, subset, states, keep, tf32: bool, chunk_tokens: int,
                 with spans.measure(), _tf32(tf32):
                     flat = x.reshape(-1, x.shape[-1]).index_select(0, current["keep"]).float()
                     for part in flat.split(chunk_tokens or flat.shape[0]):
-                        sums[key][0].addmm_(part.T, part)
+                        if part.is_cuda:
+                            sums[key][0].addmm_(part.T, part)
+                        else:
+                            # Product, then sum, as GPTQModel does per row: the CPU BLAS folds a long product
+                            # into H block by block and rounds differently, which broke byte-equality for rows
+                            # of ~200+ tokens. On CUDA the fused addmm saves a pass over H.
+                            sums[key][0].add_(part.T @ part)
                 sums[key][1] += flat.shape[0]
             elif name not in key:
                 # First batch only: this module reads the same tensor as `key`'s modules; merge them.
