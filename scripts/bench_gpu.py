@@ -13,6 +13,8 @@ reports it wrote. Phases (run one per device call; merge the JSON files with scr
     engines  `small` at 4 bits: GPTQModel's loop at batch 32 and 8 against fraudq's engine (default, Hessian
              in 1,024-token products, fp32 Hessian), each quantized and evaluated: per-module losses and
              predictions against the library
+    fusion   score-mode eval with the forward's elementwise work fused (liger-kernel, small compiled functions,
+             F.rms_norm, per-layer compile) against eager, fp16 and int4, with kernel profiles
     scaling  quantize time against calibration rows (256, 1,024, 2,348 on qwen2-1.5b) and shape (qwen2-0.5b);
              scaling7b adds the qwen2-7b shape. Plot with scripts/plot_scaling.py
     speed8   (first session, GPTQModel's loop) eval fp16, quantize int8 at batch 32, eval int8
@@ -244,6 +246,39 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
         save()
 
 
+FUSION_RUNS = (  # (model, variant, profile): most informative first, so a call cut short keeps them
+    ("fp16", "eager", True), ("fp16", "liger", True), ("fp16", "pointwise", True), ("int4", "eager", True),
+    ("int4", "liger", False), ("int4", "pointwise", False), ("fp16", "rmsnorm", False), ("fp16", "regional", False))
+
+
+def phase_fusion(data: Path, work: Path, env: dict, log: list, result: dict, save, device: str = "cuda",
+                 preset: str = "qwen2-1.5b", calib_rows: int = 128) -> None:
+    """Score-mode eval with the forward's elementwise work fused in several ways (scripts/probes/eval_fusion.py),
+    on the qwen2-1.5b shape in fp16 and int4 (quantized from a few calibration rows: speed only)."""
+    model = work / preset
+    random_init(preset, model, log, env, 200, device=device)
+    runs = work / "runs"
+    env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(runs), "FRAUDQ_DEVICE": device}
+    out = work / "fusion"
+    probe = [sys.executable, str(ROOT / "scripts" / "probes" / "eval_fusion.py"), "--data",
+             str(data / "test0819.jsonl"), "--out", str(out), "--device", device,
+             *(["--limit", "100"] if device == "cpu" else [])]
+    paths = {"fp16": model, "int4": runs / "int4"}
+    for label, variant, profile in FUSION_RUNS:
+        if not paths[label].exists():
+            run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl"), "--n", str(calib_rows)), log, env, 120)
+            run(fraudq("quantize", "--bits", "4"), log, env, 240)
+        baseline = out / f"{label}-eager-32768.predictions.jsonl"
+        try:
+            run([*probe, "--model", str(paths[label]), "--label", label, "--variant", variant, "--baseline",
+                 str(baseline), *(["--profile"] if profile else [])], log, env, 240)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # one variant failing must not hide the others
+            result.setdefault("failed", []).append(f"{label}:{variant}: {exc}")
+        summary = out / "eval_fusion.json"
+        result["fusion"] = read(summary) if summary.exists() else {}
+        save()
+
+
 ENGINE_VARIANTS = {  # name: (CLI flags, environment); GPTQModel's loop at batch 32 is the reference.
     # Most informative first: a call cut by its time limit still returns the variants that ran.
     "gptqmodel-b32": (["--engine", "gptqmodel", "--batch-size", "32"], {}),
@@ -358,8 +393,8 @@ def phase_levers(data: Path, work: Path, env: dict, log: list, result: dict, sav
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("quality", "speed", "engines", "check", "scaling", "scaling7b", "speed8",
-                                            "speed4", "levers"), required=True)
+    parser.add_argument("--phase", choices=("quality", "speed", "engines", "check", "scaling", "scaling7b", "fusion",
+                                            "speed8", "speed4", "levers"), required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder with the anti_fraud JSONL files")
     parser.add_argument("--out", type=Path, required=True, help="folder for <phase>.json and artifacts")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fraudq-bench"))
@@ -401,6 +436,9 @@ def main() -> int:
             rows = [int(n) for n in args.scaling_rows.split(",")]
             phase_scaling(args.data, args.work, env, log, result, save, (args.scaling_presets or default).split(","),
                           rows if args.phase == "scaling" else rows[-1:], args.scaling_device)
+        elif args.phase == "fusion":
+            phase_fusion(args.data, args.work, env, log, result, save, args.scaling_device,
+                         "qwen2-1.5b" if args.scaling_device == "cuda" else "tiny")
         elif args.phase == "levers":
             phase_levers(args.data, args.work, env, log, result, save, args.levers_preset, args.levers_layers,
                          args.levers_device)

@@ -1,48 +1,135 @@
 """Probe for the score-mode eval targets: fraudq's own `evaluate_model`, with the loaded model changed per
-variant, so timing, warm-up and batching are exactly what `fraudq eval` does.
+variant, so timing, warm-up and batching are exactly what `fraudq eval` does. One variant per process (liger
+patches transformers' module globally; compiled graphs stay in the process).
 
-    eager    the model as `fraudq eval` runs it
-    rmsnorm  every RMSNorm through torch.nn.functional.rms_norm (one kernel instead of HF's fp32 round trips)
-    compile  each decoder layer compiled with torch.compile(dynamic=True) ("regional" compilation: one layer
-             graph reused 28 times, so the cold start is one layer's); the compile lands in warmup_s, except
-             that the warm-up's single row specialises the first graph to batch 1, so the first batch of
-             more rows recompiles inside the clock (seen in a CPU dry run with the `tiny` preset)
+    eager      the model as `fraudq eval` runs it
+    rmsnorm    every RMSNorm through torch.nn.functional.rms_norm
+    pointwise  RMSNorm, rotary embedding and SiLU * up each one small torch.compile(dynamic=True) function; the
+               GEMMs (and GPTQ kernels) stay outside, so nothing but elementwise code is compiled
+    liger      liger-kernel's Triton kernels for Qwen2 (RMSNorm, rotary, SwiGLU), patched onto the instance
+    regional   each decoder layer torch.compile(dynamic=True) (one graph per layer index: the KV cache of the
+               shared prefix is indexed by it), recompile limit raised to cover 28 layers
 
-For each variant and token budget: rows/s, warm-up, peak memory, and scores against the eager run at the first
-budget (max |difference|, same predictions). Not run on a GPU yet (third session: no device time left).
+Per budget: rows/s, warm-up, peak memory, and scores against `--baseline` (an eager predictions file). The
+second budget runs in the same process, so its rate is the steady one. `--profile` adds one more run whose
+third batch is profiled: CUDA time per kernel, grouped.
 
-    PYTHONPATH=src python scripts/probes/eval_fusion.py --model DIR --data test0819.jsonl --out OUT_DIR
+    PYTHONPATH=src python scripts/probes/eval_fusion.py --model DIR --data test0819.jsonl --variant eager \
+        --label fp16 --out OUT_DIR [--baseline OUT_DIR/fp16-eager-32768.predictions.jsonl] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import fraudq.evaluate as evaluate
 from fraudq.config import Config
 
 
+def _norms(model):
+    return [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+
+
 def fuse_rmsnorm(model) -> None:
-    for module in model.modules():
-        if type(module).__name__.endswith("RMSNorm"):
-            module.forward = lambda x, w=module.weight, eps=module.variance_epsilon: torch.nn.functional.rms_norm(
-                x, w.shape, w, eps)
+    for module in _norms(model):
+        module.forward = lambda x, w=module.weight, eps=module.variance_epsilon: F.rms_norm(x, w.shape, w, eps)
+
+
+def compile_pointwise(model) -> None:
+    from transformers.models.qwen2 import modeling_qwen2
+
+    @torch.compile(dynamic=True)
+    def rms_norm(x, weight, eps: float):
+        x32 = x.float()
+        return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+    @torch.compile(dynamic=True)
+    def silu_mul(gate, up):
+        return F.silu(gate) * up
+
+    rope = torch.compile(modeling_qwen2.apply_rotary_pos_emb.__wrapped__
+                         if hasattr(modeling_qwen2.apply_rotary_pos_emb, "__wrapped__")
+                         else modeling_qwen2.apply_rotary_pos_emb, dynamic=True)
+    modeling_qwen2.apply_rotary_pos_emb = rope
+    for module in _norms(model):
+        module.forward = lambda x, w=module.weight, eps=module.variance_epsilon: rms_norm(x, w, eps)
+    for layer in model.model.layers:
+        mlp = layer.mlp
+        mlp.forward = lambda x, m=mlp: m.down_proj(silu_mul(m.gate_proj(x), m.up_proj(x)))
+
+
+def liger(model) -> None:
+    from liger_kernel.transformers import apply_liger_kernel_to_qwen2
+
+    apply_liger_kernel_to_qwen2(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=False, model=model)
 
 
 def compile_layers(model) -> None:
+    torch._dynamo.config.recompile_limit = 64
+    torch._dynamo.config.accumulated_recompile_limit = 1024
     for layer in model.model.layers:
         layer.compile(dynamic=True)
 
 
-VARIANTS = {"eager": lambda model: None, "rmsnorm": fuse_rmsnorm, "compile": compile_layers}
+VARIANTS = {"eager": lambda model: None, "rmsnorm": fuse_rmsnorm, "pointwise": compile_pointwise, "liger": liger,
+            "regional": compile_layers}
 
 
-def scores(path: Path) -> list[dict]:
-    return [json.loads(line) for line in evaluate.predictions_path(path).read_text().splitlines() if line]
+def read_predictions(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+GROUPS = (("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_")),
+          ("attention", ("flash", "fmha", "attention", "attn", "cudnn")),
+          ("triton", ("triton",)),
+          ("norm_reduce", ("reduce", "norm")),
+          ("copy_cat", ("copy", "cat", "index", "gather", "fill")),
+          ("elementwise", ("elementwise", "vectorized")))
+
+
+def kernel_profile(prof) -> dict:
+    kernels = {}
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.key] = kernels.get(event.key, 0.0) + event.self_device_time_total / 1e3
+    total = sum(kernels.values()) or 1.0
+    groups = {}
+    for name, ms in kernels.items():
+        group = next((g for g, keys in GROUPS if any(k in name.lower() for k in keys)), "other")
+        groups[group] = groups.get(group, 0.0) + ms
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+    return {"total_ms": round(total, 2),
+            "groups_pct": {g: round(100 * ms / total, 1) for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top": [{"kernel": k[:120], "ms": round(ms, 2), "pct": round(100 * ms / total, 1)} for k, ms in top]}
+
+
+def profiled_score_batch(real, record: dict, at_call: int = 3):
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] != at_call:
+            return real(*args, **kwargs)
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            values = real(*args, **kwargs)
+            torch.cuda.synchronize()
+            record["batch_wall_ms"] = round((time.perf_counter() - start) * 1e3, 2)
+        record["batch_rows"] = len(args[1])
+        record.update(kernel_profile(prof))
+        return values
+
+    return wrapper
 
 
 def main() -> None:
@@ -50,33 +137,58 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--variants", default="eager,rmsnorm,compile")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), required=True)
+    parser.add_argument("--label", default="fp16", help="the model's name in the summary")
     parser.add_argument("--budgets", default="32768,65536")
+    parser.add_argument("--baseline", type=Path, default=None, help="predictions file to compare scores with")
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=0)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    real_load = evaluate.load_model
-    summary, baseline = {}, None
-    for variant in args.variants.split(","):
-        def load(*a, change=VARIANTS[variant], **k):
-            model = real_load(*a, **k)
-            change(model)
-            return model
+    summary_path = args.out / "eval_fusion.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    real_load, change = evaluate.load_model, VARIANTS[args.variant]
 
-        evaluate.load_model = load
-        for budget in map(int, args.budgets.split(",")):
-            cfg = Config(token_budget=budget, device=args.device, limit=args.limit)
-            out = args.out / f"{variant}-{budget}.json"
-            result = evaluate.evaluate_model(cfg, args.model, args.data, out, log=lambda *_: None)
-            row = {k: result[k] for k in ("samples_per_s", "wall_s", "warmup_s", "memory", "batching")}
-            baseline = baseline or scores(out)
-            mine = scores(out)
-            row["max_abs_score_diff_vs_first"] = max(abs(a["score"] - b["score"]) for a, b in zip(mine, baseline))
-            row["same_predictions_vs_first"] = sum(a["prediction"] == b["prediction"] for a, b in zip(mine, baseline))
-            summary[f"{variant}@{budget}"] = row
-            print(f"{variant}@{budget}", json.dumps(row), flush=True)
-            (args.out / "eval_fusion.json").write_text(json.dumps(summary, indent=2))
+    def load(*a, **k):
+        model = real_load(*a, **k)
+        start = time.perf_counter()
+        change(model)
+        print(f"# {args.variant}: model changed in {time.perf_counter() - start:.2f} s", flush=True)
+        return model
+
+    evaluate.load_model = load
+    baseline = read_predictions(args.baseline) if args.baseline and args.baseline.exists() else None
+
+    def one(budget: int, name: str) -> dict:
+        cfg = Config(token_budget=budget, device=args.device, limit=args.limit)
+        out = args.out / f"{args.label}-{args.variant}-{name}.json"
+        start = time.perf_counter()
+        result = evaluate.evaluate_model(cfg, args.model, args.data, out, log=lambda *_: None)
+        row = {k: result[k] for k in ("samples_per_s", "wall_s", "warmup_s", "load_s", "memory", "batching", "f1")}
+        row["call_s"] = round(time.perf_counter() - start, 2)
+        if baseline:
+            mine = read_predictions(evaluate.predictions_path(out))
+            row["max_abs_score_diff_vs_baseline"] = max(abs(a["score"] - b["score"]) for a, b in zip(mine, baseline))
+            row["same_predictions_vs_baseline"] = sum(a["prediction"] == b["prediction"]
+                                                      for a, b in zip(mine, baseline))
+        return row
+
+    def save(key: str, row: dict) -> None:
+        summary[key] = row
+        print(key, json.dumps(row), flush=True)
+        summary_path.write_text(json.dumps(summary, indent=2))
+
+    for budget in map(int, args.budgets.split(",")):
+        save(f"{args.label}:{args.variant}@{budget}", one(budget, str(budget)))
+    if args.profile and torch.cuda.is_available():
+        record: dict = {}
+        real_score = evaluate.score_batch
+        evaluate.score_batch = profiled_score_batch(real_score, record)
+        budget = int(args.budgets.split(",")[0])
+        one(budget, "profiled")
+        evaluate.score_batch = real_score
+        save(f"{args.label}:{args.variant}:profile@{budget}", record)
     evaluate.load_model = real_load
 
 
