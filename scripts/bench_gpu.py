@@ -84,7 +84,7 @@ def gpu_name() -> str:
 
 def eval_summary(result: dict) -> dict:
     keys = ("precision", "recall", "f1", "accuracy", "auc", "samples_per_s", "wall_s", "load_s", "warmup_s", "rows",
-            "size_bytes", "kernel", "confusion", "memory", "batching")
+            "size_bytes", "kernel", "confusion", "memory", "batching", "fused_kernels", "cudnn_attention")
     return {k: result.get(k) for k in keys}
 
 
@@ -155,6 +155,10 @@ def equivalence(ours: dict, library: dict, our_preds: Path, library_preds: Path,
             "quantize_total_s": {"fraudq": ours["timings"]["total_s"], "gptqmodel": library["timings"]["total_s"]}}
 
 
+def evaluate_predictions(results: Path) -> Path:
+    return results.with_name(results.stem + ".predictions.jsonl")
+
+
 def agreement(a: Path, b: Path) -> dict:
     left = [json.loads(x) for x in a.read_text().splitlines() if x]
     right = [json.loads(x) for x in b.read_text().splitlines() if x]
@@ -213,6 +217,7 @@ def phase_speed_library(bits: int, data: Path, work: Path, env: dict, log: list,
 def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
     """The qwen2-1.5b shape through fraudq's CLI as a user runs it: quantize int8 and int4 with the default
     engine, then every model in score mode and in generate mode on all of test0819.jsonl."""
+    started = time.perf_counter()
     model = work / "qwen2-1.5b"
     random_init("qwen2-1.5b", model, log, env, 200)
     env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
@@ -233,16 +238,26 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
         run(fraudq("eval", "--model", str(path)), log, env, 240)
         result["evals"][name] = {"score": eval_summary(read(runs / "eval" / f"{name}.json"))}
         save()
-    # The shared-prefix lever, on and off in one call (the score rows above have it on, the default).
-    out = runs / "eval" / "fp16-no-share-prefix.json"
-    run(fraudq("eval", "--model", str(model), "--no-share-prefix", "--out", str(out)), log, env, 240)
-    result["evals"]["fp16"]["score_no_share_prefix"] = eval_summary(read(out))
-    result["evals"]["fp16"]["share_prefix_agreement"] = agreement(runs / "eval" / "fp16.predictions.jsonl",
-                                                                  runs / "eval" / "fp16-no-share-prefix.predictions.jsonl")
-    save()
     for name, path in models:
         run(fraudq("eval", "--model", str(path), "--mode", "generate"), log, env, 240)
         result["evals"][name]["generate"] = eval_summary(read(runs / "eval" / f"{name}.generate.json"))
+        save()
+    # The eval levers in the same call: the path before them (no fused kernels, cuDNN attention allowed), and
+    # without the fused kernels only. Optional: skipped when the call's time would run out.
+    for key, mode, lever_env in (("score_before_levers", "score", {"FRAUDQ_FUSED_KERNELS": "off",
+                                                                    "FRAUDQ_CUDNN_ATTENTION": "true"}),
+                                 ("score_no_fused", "score", {"FRAUDQ_FUSED_KERNELS": "off"}),
+                                 ("generate_before_levers", "generate", {"FRAUDQ_FUSED_KERNELS": "off",
+                                                                          "FRAUDQ_CUDNN_ATTENTION": "true"})):
+        if time.perf_counter() - started > (500 if mode == "score" else 480):
+            result.setdefault("skipped", []).append(key)
+            continue
+        out = runs / "eval" / f"fp16-{key}.json"
+        run(fraudq("eval", "--model", str(model), "--mode", mode, "--out", str(out)), log, {**env, **lever_env}, 240)
+        result["evals"]["fp16"][key] = eval_summary(read(out))
+        result["evals"]["fp16"][f"{key}_agreement"] = agreement(
+            runs / "eval" / ("fp16.predictions.jsonl" if mode == "score" else "fp16.generate.predictions.jsonl"),
+            evaluate_predictions(out))
         save()
 
 

@@ -187,6 +187,8 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                  share_prefix: Annotated[Optional[bool], typer.Option(
                      "--share-prefix/--no-share-prefix",
                      help="Score mode: run the prompt prefix all rows share once.")] = None,
+                 fused_kernels: Annotated[Optional[str], typer.Option(
+                     "--fused-kernels", help="On CUDA: auto, liger (liger-kernel's fused ops) or off.")] = None,
                  out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (predictions go beside it).")] = None,
                  device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
                  skip_invalid: SkipInvalid = False, trust_remote_code: TrustRemoteCode = None,
@@ -196,7 +198,7 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
     from fraudq.evaluate import evaluate_model
 
     cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, share_prefix=share_prefix,
-                      device=device, backend=backend, test_data=data, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                      fused_kernels=fused_kernels, device=device, backend=backend, test_data=data, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     model = model or cfg.model
     require(model, "--model")
     require(cfg.test_data, "--data (or test_data in the config)")

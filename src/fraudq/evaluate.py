@@ -15,6 +15,7 @@ from fraudq.batching import make_batches
 from fraudq.config import Config
 from fraudq.data import read_jsonl
 from fraudq.errors import BadInput
+from fraudq.fused import apply_fused_kernels, attention_backends, check_choice
 from fraudq.metrics import confusion, rates, roc_auc
 from fraudq.modelio import (dir_size, fingerprint, inspect_model, load_model, load_tokenizer, peak_memory,
                             resolve_device)
@@ -218,6 +219,7 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
     rows = dataset.rows[: cfg.limit] if cfg.limit else dataset.rows
     info = inspect_model(model_path, cfg.trust_remote_code, cfg.allow_pickle)
     device = resolve_device(cfg.device, "eval")
+    check_choice(cfg.fused_kernels, device)
     tokenizer = load_tokenizer(info, cfg.trust_remote_code)
 
     suffix = cfg.answer_prefix if cfg.mode == "score" else ""
@@ -232,6 +234,7 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
 
     start = time.perf_counter()
     model = load_model(info, device, cfg.backend, cfg.trust_remote_code)
+    fused = apply_fused_kernels(model, cfg.fused_kernels, device)
     load_s = time.perf_counter() - start
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -254,19 +257,20 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
     # Before the clock, the shared prefix's one forward and one row: Triton kernels compile and autotune on first
     # use (seconds, once per process), which would otherwise be charged to whichever model's rate pays it first.
     # Reported as warmup_s.
-    start = time.perf_counter()
-    prefix = SharedPrefix(model, shared, device) if shared else None
-    predict([min(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))])
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    done = run_batches(batches, work, log)
-    if cfg.mode == "score":
-        # One device-to-host copy for the whole run (see score_batch).
-        outputs = dict(zip([i for batch, _ in done for i in batch], torch.cat([v for _, v in done]).tolist()))
-    else:
-        outputs = {i: answer for batch, answers in done for i, answer in zip(batch, answers)}
+    with attention_backends(device, cfg.cudnn_attention):
+        start = time.perf_counter()
+        prefix = SharedPrefix(model, shared, device) if shared else None
+        predict([min(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))])
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        warmup_s = time.perf_counter() - start
+        start = time.perf_counter()
+        done = run_batches(batches, work, log)
+        if cfg.mode == "score":
+            # One device-to-host copy for the whole run (see score_batch).
+            outputs = dict(zip([i for batch, _ in done for i in batch], torch.cat([v for _, v in done]).tolist()))
+        else:
+            outputs = {i: answer for batch, answers in done for i, answer in zip(batch, answers)}
     wall_s = time.perf_counter() - start
 
     labels = [r.label for r in rows]
@@ -293,6 +297,8 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "batching": {"batch_size": cfg.eval_batch_size, "token_budget": token_budget, "batches": len(batches),
                      "shared_prefix_tokens": len(prefix.tokens) if prefix else 0},
         "device": device,
+        "fused_kernels": fused,
+        "cudnn_attention": cfg.cudnn_attention if device.startswith("cuda") else None,
         "confusion": counts,
         **metrics,
         "auc": roc_auc(labels, scores) if cfg.mode == "score" else None,
