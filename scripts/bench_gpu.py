@@ -9,7 +9,8 @@ reports it wrote. Phases (run one per device call; merge the JSON files with scr
              generate mode                                   -> quality figures
     speed    build the `qwen2-1.5b`-shaped model (random init), calib, quantize int8 and int4 with the
              default engine, eval fp16/int8/int4 in score and generate mode -> speed figures
-    check    the shipped defaults: fp16 generate on qwen2-1.5b, then `quality` without GPTQModel's loop
+    check    the shipped defaults: `quality` without GPTQModel's loop, `small` on the eval path before the
+             fourth session's levers, qwen2-1.5b fp16 score at two token budgets
     engines  `small` at 4 bits: GPTQModel's loop at batch 32 and 8 against fraudq's engine (default, Hessian
              in 1,024-token products, fp32 Hessian), each quantized and evaluated: per-module losses and
              predictions against the library
@@ -168,18 +169,36 @@ def agreement(a: Path, b: Path) -> dict:
 
 
 def phase_check(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
-    """The shipped defaults, end to end: fp16 generate mode on the qwen2-1.5b shape, then the quality phase on
-    `small` with fraudq's engine only (the engines phase holds the library comparison)."""
-    model = work / "qwen2-1.5b"
-    random_init("qwen2-1.5b", model, log, env, 200)
-    runs = work / "runs-1.5b"
-    out = runs / "fp16.generate.json"
-    run(fraudq("eval", "--model", str(model), "--mode", "generate", "--out", str(out)), log,
-        {**env, "FRAUDQ_WORK_DIR": str(runs), "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}, 240)
-    result["qwen2-1.5b"] = {"fp16": {"generate": eval_summary(read(out))}}
-    save()
-    shutil.rmtree(model, ignore_errors=True)
+    """The shipped defaults, end to end: the quality phase on `small` with fraudq's engine only (the engines
+    phase holds the library comparison); `small` fp16 and int4 again on the eval path before the fourth
+    session's levers (no fused kernels, cuDNN attention), for their effect on predictions; then, if time is
+    left, fp16 score mode on the qwen2-1.5b shape at token budgets 32,768 / 65,536 / 32,768."""
+    started = time.perf_counter()
     phase_quality(data, work, env, log, result, save, library=False)
+    runs = work / "runs"
+    env = {**env, "FRAUDQ_MODEL": str(work / "small"), "FRAUDQ_WORK_DIR": str(runs),
+           "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
+    before = {"FRAUDQ_FUSED_KERNELS": "off", "FRAUDQ_CUDNN_ATTENTION": "true"}
+    for name, path in (("fp16", work / "small"), ("int4", runs / "int4")):
+        out = runs / "eval" / f"{name}-before-levers.json"
+        run(fraudq("eval", "--model", str(path), "--out", str(out)), log, {**env, **before}, 200)
+        result["models"][name]["score_before_levers"] = eval_summary(read(out))
+        result["models"][name]["before_levers_agreement"] = agreement(runs / "eval" / f"{name}.predictions.jsonl",
+                                                                      evaluate_predictions(out))
+        save()
+    shutil.rmtree(work / "small", ignore_errors=True)
+    model = work / "qwen2-1.5b"
+    if time.perf_counter() - started > 420:
+        result["skipped"] = ["qwen2-1.5b budgets"]
+        return
+    random_init("qwen2-1.5b", model, log, env, 200)
+    result["qwen2-1.5b"] = {"fp16": {}}
+    for index, budget in enumerate((32768, 65536, 32768)):
+        out = work / "runs-1.5b" / f"fp16-{budget}-{index}.json"
+        run(fraudq("eval", "--model", str(model), "--out", str(out)), log,
+            {**env, "FRAUDQ_TOKEN_BUDGET": str(budget)}, 200)
+        result["qwen2-1.5b"]["fp16"][f"score_budget_{budget}_{index}"] = eval_summary(read(out))
+        save()
 
 
 def phase_speed_library(bits: int, data: Path, work: Path, env: dict, log: list, generate_limit: int, result: dict,
