@@ -107,10 +107,29 @@ def merge(phases: dict) -> dict:
         "engines": engine_variants(phases.get("engines")),
         "share_prefix": {"eval_score_sps_off": (speed_fp16.get("score_no_share_prefix") or {}).get("samples_per_s"),
                          "agreement_on_off": speed_fp16.get("share_prefix_agreement")} if speed_fp16 else None,
-        "generate_qwen2_1_5b_check": (phases.get("check") or {}).get("qwen2-1.5b"),
+        "qwen2_1_5b_check": (phases.get("check") or {}).get("qwen2-1.5b"),
+        "eval_levers": eval_levers(speed_fp16, quality),
+        "fusion_probe": (phases.get("fusion") or {}).get("fusion"),
         "scaling": [run for key in ("scaling", "scaling7b") for run in (phases.get(key) or {}).get("runs", [])] or None,
         "hessian_precision": (phases.get("hessian_precision") or {}).get("runs"),
     }
+
+
+LEVER_KEYS = ("samples_per_s", "wall_s", "warmup_s", "fused_kernels", "cudnn_attention", "f1", "auc")
+
+
+def eval_levers(speed_fp16: dict, quality: dict) -> dict | None:
+    """The fourth session's eval levers against the path before them, each pair measured in one call."""
+    runs = {f"qwen2-1.5b/fp16/{key}": {**{k: speed_fp16[key].get(k) for k in LEVER_KEYS},
+                                       "agreement_with_default": speed_fp16.get(f"{key}_agreement")}
+            for key in ("score_before_levers", "score_no_fused", "generate_before_levers") if key in speed_fp16}
+    for name, row in (quality.get("models") or {}).items():
+        if "score_before_levers" in row:
+            runs[f"small/{name}/score_before_levers"] = {
+                **{k: row["score_before_levers"].get(k) for k in LEVER_KEYS},
+                "default_samples_per_s": row["score"]["samples_per_s"],
+                "agreement_with_default": row.get("before_levers_agreement")}
+    return runs or None
 
 
 def engine_variants(engines: dict | None) -> dict | None:
