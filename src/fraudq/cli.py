@@ -198,7 +198,8 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
     from fraudq.evaluate import evaluate_model
 
     cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, share_prefix=share_prefix,
-                      fused_kernels=fused_kernels, device=device, backend=backend, test_data=data, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                      fused_kernels=fused_kernels, device=device, backend=backend, test_data=data,
+                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     model = model or cfg.model
     require(model, "--model")
     require(cfg.test_data, "--data (or test_data in the config)")

@@ -1,7 +1,7 @@
 """Eval forward speed-ups on CUDA, both measured on an H100 (docs/BENCHMARKS.md, fourth session).
 
 - Fused elementwise kernels from liger-kernel (RMSNorm and SiLU * up, one Triton kernel each): in eager mode
-  these ops ran as many small kernels per layer, about a third of the forward's CUDA time. `torch.compile`
+  these ops ran as many small kernels per layer, nearly half of the forward's CUDA time. `torch.compile`
   fuses the same ops, but its cold start costs more than a 2,349-row eval takes.
 - Attention without cuDNN: PyTorch picks cuDNN's SDPA on H100, which builds a plan for every new shape
   (tens to hundreds of milliseconds), and every eval batch has a new shape.
@@ -29,7 +29,8 @@ def apply_fused_kernels(model, choice: str, device: str) -> str | None:
     """Patches the loaded model's elementwise ops with liger-kernel's; returns "liger", or None if nothing changed.
 
     "auto" uses them on CUDA when liger-kernel is installed and knows the architecture; "liger" insists.
-    Liger patches its transformers module process-wide (the rotary function), so this runs once per eval process.
+    Liger also swaps the RMSNorm and MLP classes in transformers' module for its own, process-wide: models built
+    later in the same process get them too (fraudq evaluates after it quantizes, never before).
     """
     check_choice(choice, device)
     if choice == "off" or not device.startswith("cuda"):
