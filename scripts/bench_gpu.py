@@ -14,8 +14,8 @@ reports it wrote. Phases (run one per device call; merge the JSON files with scr
     engines  `small` at 4 bits: GPTQModel's loop at batch 32 and 8 against fraudq's engine (default, Hessian
              in 1,024-token products, fp32 Hessian), each quantized and evaluated: per-module losses and
              predictions against the library
-    fusion   score-mode eval with the forward's elementwise work fused (liger-kernel, small compiled functions,
-             F.rms_norm, per-layer compile) against eager, fp16 and int4, with kernel profiles
+    fusion   score-mode eval variants (scripts/probes/eval_fusion.py) against the shipped default, fp16 and int4,
+             with kernel profiles of the default path
     scaling  quantize time against calibration rows (256, 1,024, 2,348 on qwen2-1.5b) and shape (qwen2-0.5b);
              scaling7b adds the qwen2-7b shape. Plot with scripts/plot_scaling.py
     speed8   (first session, GPTQModel's loop) eval fp16, quantize int8 at batch 32, eval int8
@@ -281,8 +281,8 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
 
 
 FUSION_RUNS = (  # (model, variant, profile): most informative first, so a call cut short keeps them
-    ("fp16", "eager", True), ("fp16", "liger", True), ("fp16", "pointwise", True), ("int4", "eager", True),
-    ("int4", "liger", False), ("int4", "pointwise", False), ("fp16", "rmsnorm", False), ("fp16", "regional", False))
+    ("fp16", "default", True), ("fp16", "before", False), ("fp16", "liger-rope", True), ("int4", "default", True),
+    ("fp16", "eager", False), ("fp16", "pointwise", False), ("fp16", "regional", False))
 
 
 def phase_fusion(data: Path, work: Path, env: dict, log: list, result: dict, save, device: str = "cuda",
@@ -302,7 +302,7 @@ def phase_fusion(data: Path, work: Path, env: dict, log: list, result: dict, sav
         if not paths[label].exists():
             run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl"), "--n", str(calib_rows)), log, env, 120)
             run(fraudq("quantize", "--bits", "4"), log, env, 240)
-        baseline = out / f"{label}-eager-32768.predictions.jsonl"
+        baseline = out / f"{label}-default-32768.predictions.jsonl"
         try:
             run([*probe, "--model", str(paths[label]), "--label", label, "--variant", variant, "--baseline",
                  str(baseline), *(["--profile"] if profile else [])], log, env, 240)

@@ -2,20 +2,24 @@
 variant, so timing, warm-up and batching are exactly what `fraudq eval` does. One variant per process (liger
 patches transformers' module globally; compiled graphs stay in the process).
 
-    eager      the model as `fraudq eval` runs it
-    rmsnorm    every RMSNorm through torch.nn.functional.rms_norm
-    pointwise  RMSNorm, rotary embedding and SiLU * up each one small torch.compile(dynamic=True) function; the
-               GEMMs (and GPTQ kernels) stay outside, so nothing but elementwise code is compiled
-    liger      liger-kernel's Triton kernels for Qwen2 (RMSNorm, rotary, SwiGLU), patched onto the instance
-    regional   each decoder layer torch.compile(dynamic=True) (one graph per layer index: the KV cache of the
-               shared prefix is indexed by it), recompile limit raised to cover 28 layers
+    default    the model as `fraudq eval` runs it today (fused_kernels auto, attention without cuDNN)
+    before     the third session's path: no fused kernels, cuDNN attention allowed
+    eager      no fused kernels, attention without cuDNN
+    rmsnorm    eager, with every RMSNorm through torch.nn.functional.rms_norm
+    pointwise  eager, with RMSNorm, rotary embedding and SiLU * up each one small torch.compile(dynamic=True)
+               function; the GEMMs (and GPTQ kernels) stay outside, so nothing but elementwise code is compiled
+    liger      liger-kernel's Triton kernels for Qwen2 (RMSNorm, rotary, SwiGLU), cuDNN attention allowed (as
+               the fourth session's first call ran it)
+    liger-rope the default plus liger's rotary kernel, which compiles once per batch row count
+    regional   eager, with each decoder layer torch.compile(dynamic=True) (one graph per layer index: the KV
+               cache of the shared prefix is indexed by it), recompile limit raised to cover 28 layers
 
-Per budget: rows/s, warm-up, peak memory, and scores against `--baseline` (an eager predictions file). The
-second budget runs in the same process, so its rate is the steady one. `--profile` adds one more run whose
+Per budget: rows/s, warm-up, peak memory, and scores against `--baseline` (the default's predictions file). The
+second budget runs in the same process: compiled kernels are warm, but its batch shapes are new. `--profile` adds one more run whose
 third batch is profiled: CUDA time per kernel, grouped.
 
-    PYTHONPATH=src python scripts/probes/eval_fusion.py --model DIR --data test0819.jsonl --variant eager \
-        --label fp16 --out OUT_DIR [--baseline OUT_DIR/fp16-eager-32768.predictions.jsonl] [--profile]
+    PYTHONPATH=src python scripts/probes/eval_fusion.py --model DIR --data test0819.jsonl --variant default \
+        --label fp16 --out OUT_DIR [--baseline OUT_DIR/fp16-default-32768.predictions.jsonl] [--profile]
 """
 
 from __future__ import annotations
@@ -71,6 +75,13 @@ def liger(model) -> None:
                                 fused_linear_cross_entropy=False, model=model)
 
 
+def liger_rope(model) -> None:
+    from liger_kernel.transformers import apply_liger_kernel_to_qwen2
+
+    apply_liger_kernel_to_qwen2(rope=True, rms_norm=False, swiglu=False, cross_entropy=False,
+                                fused_linear_cross_entropy=False)
+
+
 def compile_layers(model) -> None:
     torch._dynamo.config.recompile_limit = 64
     torch._dynamo.config.accumulated_recompile_limit = 1024
@@ -78,16 +89,24 @@ def compile_layers(model) -> None:
         layer.compile(dynamic=True)
 
 
-VARIANTS = {"eager": lambda model: None, "rmsnorm": fuse_rmsnorm, "pointwise": compile_pointwise, "liger": liger,
-            "regional": compile_layers}
+def unchanged(model) -> None:
+    pass
+
+
+# name: (config settings, change to the loaded model)
+EAGER = {"fused_kernels": "off", "cudnn_attention": False}
+VARIANTS = {"default": ({}, unchanged), "before": ({"fused_kernels": "off", "cudnn_attention": True}, unchanged),
+            "eager": (EAGER, unchanged), "rmsnorm": (EAGER, fuse_rmsnorm), "pointwise": (EAGER, compile_pointwise),
+            "liger": ({"fused_kernels": "off", "cudnn_attention": True}, liger), "liger-rope": ({}, liger_rope),
+            "regional": (EAGER, compile_layers)}
 
 
 def read_predictions(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-GROUPS = (("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_")),
-          ("attention", ("flash", "fmha", "attention", "attn", "cudnn")),
+GROUPS = (("attention", ("flash", "fmha", "attention", "attn", "cudnn", "sdpa")),  # before gemm: cuDNN's names hold sm90_
+          ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_")),
           ("triton", ("triton",)),
           ("norm_reduce", ("reduce", "norm")),
           ("copy_cat", ("copy", "cat", "index", "gather", "fill")),
@@ -148,7 +167,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "eval_fusion.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    real_load, change = evaluate.load_model, VARIANTS[args.variant]
+    real_load = evaluate.load_model
+    settings, change = VARIANTS[args.variant]
 
     def load(*a, **k):
         model = real_load(*a, **k)
@@ -161,7 +181,7 @@ def main() -> None:
     baseline = read_predictions(args.baseline) if args.baseline and args.baseline.exists() else None
 
     def one(budget: int, name: str) -> dict:
-        cfg = Config(token_budget=budget, device=args.device, limit=args.limit)
+        cfg = Config(token_budget=budget, device=args.device, limit=args.limit, **settings)
         out = args.out / f"{args.label}-{args.variant}-{name}.json"
         start = time.perf_counter()
         result = evaluate.evaluate_model(cfg, args.model, args.data, out, log=lambda *_: None)
