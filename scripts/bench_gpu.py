@@ -40,6 +40,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from fraudq.evaluate import predictions_path  # noqa: E402 - after the path to this checkout's fraudq
 
 
 def run(args: list[str], log: list, env: dict, timeout: float) -> float:
@@ -156,10 +159,6 @@ def equivalence(ours: dict, library: dict, our_preds: Path, library_preds: Path,
             "quantize_total_s": {"fraudq": ours["timings"]["total_s"], "gptqmodel": library["timings"]["total_s"]}}
 
 
-def evaluate_predictions(results: Path) -> Path:
-    return results.with_name(results.stem + ".predictions.jsonl")
-
-
 def agreement(a: Path, b: Path) -> dict:
     left = [json.loads(x) for x in a.read_text().splitlines() if x]
     right = [json.loads(x) for x in b.read_text().splitlines() if x]
@@ -184,7 +183,7 @@ def phase_check(data: Path, work: Path, env: dict, log: list, result: dict, save
         run(fraudq("eval", "--model", str(path), "--out", str(out)), log, {**env, **before}, 200)
         result["models"][name]["score_before_levers"] = eval_summary(read(out))
         result["models"][name]["before_levers_agreement"] = agreement(runs / "eval" / f"{name}.predictions.jsonl",
-                                                                      evaluate_predictions(out))
+                                                                      predictions_path(out))
         save()
     shutil.rmtree(work / "small", ignore_errors=True)
     model = work / "qwen2-1.5b"
@@ -276,7 +275,7 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
         result["evals"]["fp16"][key] = eval_summary(read(out))
         result["evals"]["fp16"][f"{key}_agreement"] = agreement(
             runs / "eval" / ("fp16.predictions.jsonl" if mode == "score" else "fp16.generate.predictions.jsonl"),
-            evaluate_predictions(out))
+            predictions_path(out))
         save()
 
 

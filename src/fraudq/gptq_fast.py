@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import torch
 
 from fraudq.batching import make_batches
+from fraudq.errors import BadInput
 
 BLOCK = 128  # GPTQModel's lazy-batch width
 
@@ -162,8 +163,6 @@ def gptq_solve(weight: torch.Tensor, H: torch.Tensor, qcfg, graphs: dict | None 
     W[:, dead] = 0
     Hinv, damp = GPTQ.hessian_inverse(SimpleNamespace(qcfg=qcfg, name=name, region_timer=None), H)
     if Hinv is None:
-        from fraudq.errors import BadInput
-
         raise BadInput(f"the Hessian of layer {name} stayed singular; use more calibration rows or a larger --damp")
     maxq = int(quantizer.maxq.item())
     groupwise = quantizer.requires_groupwise_processing()
