@@ -169,15 +169,16 @@ def agreement(a: Path, b: Path) -> dict:
 
 def phase_check(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
     """The shipped defaults, end to end: the quality phase on `small` with fraudq's engine only (the engines
-    phase holds the library comparison); `small` fp16 and int4 again on the eval path before the fourth
-    session's levers (no fused kernels, cuDNN attention), for their effect on predictions; then, if time is
+    phase holds the library comparison); `small` fp16 and int4 again on the eval path before the fourth and
+    fifth sessions' levers (padded rows, no fused kernels, cuDNN attention), for their effect on predictions;
+    then, if time is
     left, fp16 score mode on the qwen2-1.5b shape at token budgets 32,768 / 65,536 / 32,768."""
     started = time.perf_counter()
     phase_quality(data, work, env, log, result, save, library=False)
     runs = work / "runs"
     env = {**env, "FRAUDQ_MODEL": str(work / "small"), "FRAUDQ_WORK_DIR": str(runs),
            "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
-    before = {"FRAUDQ_FUSED_KERNELS": "off", "FRAUDQ_CUDNN_ATTENTION": "true"}
+    before = {"FRAUDQ_FUSED_KERNELS": "off", "FRAUDQ_CUDNN_ATTENTION": "true", "FRAUDQ_PACK_ROWS": "false"}
     for name, path in (("fp16", work / "small"), ("int4", runs / "int4")):
         out = runs / "eval" / f"{name}-before-levers.json"
         run(fraudq("eval", "--model", str(path), "--out", str(out)), log, {**env, **before}, 200)
@@ -260,10 +261,13 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
         run(fraudq("eval", "--model", str(path), "--mode", "generate"), log, env, 240)
         result["evals"][name]["generate"] = eval_summary(read(runs / "eval" / f"{name}.generate.json"))
         save()
-    # The eval levers in the same call: the path before them (no fused kernels, cuDNN attention allowed), and
-    # without the fused kernels only. Optional: skipped when the call's time would run out.
-    for key, mode, lever_env in (("score_before_levers", "score", {"FRAUDQ_FUSED_KERNELS": "off",
-                                                                    "FRAUDQ_CUDNN_ATTENTION": "true"}),
+    # The eval levers in the same call: without packed rows (the fourth session's default), the path before the
+    # fourth and fifth sessions' levers (padded, no fused kernels, cuDNN attention allowed), and without the fused
+    # kernels only. Optional: skipped when the call's time would run out.
+    for key, mode, lever_env in (("score_padded", "score", {"FRAUDQ_PACK_ROWS": "false"}),
+                                 ("score_before_levers", "score", {"FRAUDQ_FUSED_KERNELS": "off",
+                                                                    "FRAUDQ_CUDNN_ATTENTION": "true",
+                                                                    "FRAUDQ_PACK_ROWS": "false"}),
                                  ("score_no_fused", "score", {"FRAUDQ_FUSED_KERNELS": "off"}),
                                  ("generate_before_levers", "generate", {"FRAUDQ_FUSED_KERNELS": "off",
                                                                           "FRAUDQ_CUDNN_ATTENTION": "true"})):
@@ -280,8 +284,8 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
 
 
 FUSION_RUNS = (  # (model, variant, profile): most informative first, so a call cut short keeps them
-    ("fp16", "default", True), ("fp16", "before", False), ("fp16", "liger-rope", True), ("int4", "default", True),
-    ("fp16", "eager", False), ("fp16", "pointwise", False), ("fp16", "regional", False))
+    ("fp16", "default", True), ("fp16", "padded", True), ("int4", "default", True), ("int4", "padded", False),
+    ("fp16", "no-fused", False), ("fp16", "before", False))
 
 
 def phase_fusion(data: Path, work: Path, env: dict, log: list, result: dict, save, device: str = "cuda",

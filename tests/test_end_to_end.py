@@ -149,10 +149,12 @@ def test_scores_do_not_depend_on_batching(project, tmp_path, batch_size):
     assert outs["auto"] == pytest.approx(outs[batch_size], abs=1e-4)
 
 
+@pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("shared", [False, True])
-def test_multi_token_candidates_sum_log_probs(project, shared):
+def test_multi_token_candidates_sum_log_probs(project, shared, pack):
     """Words of several tokens: the batched score equals a plain unpadded sum of log-probs, also when the
-    prompts' common prefix runs once through a KV cache."""
+    prompts' common prefix runs once through a KV cache, and with the rows packed into one sequence."""
+    from fraudq import packed
     from fraudq.evaluate import SharedPrefix, score_batch, shared_prefix_tokens
     from fraudq.modelio import inspect_model, load_model, load_tokenizer
 
@@ -169,7 +171,9 @@ def test_multi_token_candidates_sum_log_probs(project, shared):
         tokens = shared_prefix_tokens(prompts)
         assert len(tokens) >= 16
         prefix = SharedPrefix(model, tokens, "cpu")
-    got = score_batch(model, prompts, candidates, tokenizer.pad_token_id, "cpu", prefix).tolist()
+    packing = packed.enable(model) if pack else None
+    assert packing == ("per-row" if pack else None)
+    got = score_batch(model, prompts, candidates, tokenizer.pad_token_id, "cpu", prefix, packing).tolist()
     for prompt, value in zip(prompts, got):
         totals = []
         for cand in candidates:

@@ -97,3 +97,25 @@ def test_attention_without_cudnn_on_cuda_only():
     for device, allowed in (("cuda", True), ("cpu", False)):
         with attention_backends(device, cudnn_attention=allowed):
             assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_rotary_kernel_serves_one_sequence_forwards_only(fake_liger, monkeypatch):
+    """Packed score batches are one sequence; padded batches and decode steps keep the model's own code, since
+    liger's rotary kernel compiles once per batch size."""
+    modeling = types.ModuleType("fake_modeling")
+    modeling.apply_rotary_pos_emb = lambda q, k, cos, sin, *args, **kwargs: ("own", q.shape[0])
+    rope = types.ModuleType("liger_kernel.transformers.rope")
+    rope.liger_rotary_pos_emb = lambda q, k, cos, sin, *args, **kwargs: ("liger", q.shape[0])
+    monkeypatch.setitem(sys.modules, "fake_modeling", modeling)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.rope", rope)
+    model = type("Qwen2ForCausalLM", (), {"__module__": "fake_modeling", "config": _Config()})()
+    for _ in range(2):  # a second eval in the same process must not wrap the wrapper
+        assert apply_fused_kernels(model, "auto", "cuda:0") == "liger"
+
+    def rotate(rows):
+        return modeling.apply_rotary_pos_emb(torch.zeros(rows, 2, 5, 8), torch.zeros(rows, 1, 5, 8),
+                                             torch.zeros(rows, 5, 8), torch.zeros(rows, 5, 8))
+
+    assert rotate(1) == ("liger", 1)
+    assert rotate(3) == ("own", 3)
+    assert modeling.apply_rotary_pos_emb.fraudq_single_sequence

@@ -2,8 +2,10 @@
 variant, so timing, warm-up and batching are exactly what `fraudq eval` does. One variant per process (liger
 patches transformers' module globally; compiled graphs stay in the process).
 
-    default    the model as `fraudq eval` runs it today (fused_kernels auto, attention without cuDNN)
-    before     the third session's path: no fused kernels, cuDNN attention allowed
+    default    the model as `fraudq eval` runs it today (rows packed, fused_kernels auto, attention without cuDNN)
+    padded     the fourth session's default: the same without packing (left padding, attention mask)
+    no-fused   the default without liger's kernels (packed, eager RMSNorm, rotary and SwiGLU)
+    before     the third session's path: padded, no fused kernels, cuDNN attention allowed
     eager      no fused kernels, attention without cuDNN
     rmsnorm    eager, with every RMSNorm through torch.nn.functional.rms_norm
     pointwise  eager, with RMSNorm, rotary embedding and SiLU * up each one small torch.compile(dynamic=True)
@@ -94,10 +96,13 @@ def unchanged(model) -> None:
 
 
 # name: (config settings, change to the loaded model)
-EAGER = {"fused_kernels": "off", "cudnn_attention": False}
-VARIANTS = {"default": ({}, unchanged), "before": ({"fused_kernels": "off", "cudnn_attention": True}, unchanged),
+EAGER = {"fused_kernels": "off", "cudnn_attention": False, "pack_rows": False}
+VARIANTS = {"default": ({}, unchanged), "padded": ({"pack_rows": False}, unchanged),
+            "no-fused": ({"fused_kernels": "off"}, unchanged),
+            "before": ({"fused_kernels": "off", "cudnn_attention": True, "pack_rows": False}, unchanged),
             "eager": (EAGER, unchanged), "rmsnorm": (EAGER, fuse_rmsnorm), "pointwise": (EAGER, compile_pointwise),
-            "liger": ({"fused_kernels": "off", "cudnn_attention": True}, liger), "liger-rope": ({}, liger_rope),
+            "liger": ({"fused_kernels": "off", "cudnn_attention": True, "pack_rows": False}, liger),
+            "liger-rope": ({"pack_rows": False}, liger_rope),
             "regional": (EAGER, compile_layers)}
 
 

@@ -187,6 +187,9 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                  share_prefix: Annotated[Optional[bool], typer.Option(
                      "--share-prefix/--no-share-prefix",
                      help="Score mode: run the prompt prefix all rows share once.")] = None,
+                 pack_rows: Annotated[Optional[bool], typer.Option(
+                     "--pack-rows/--no-pack-rows",
+                     help="Score mode: run a batch's rows as one sequence, without padding.")] = None,
                  fused_kernels: Annotated[Optional[str], typer.Option(
                      "--fused-kernels", help="On CUDA: auto, liger (liger-kernel's fused ops) or off.")] = None,
                  out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (predictions go beside it).")] = None,
@@ -198,7 +201,7 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
     from fraudq.evaluate import evaluate_model
 
     cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, share_prefix=share_prefix,
-                      fused_kernels=fused_kernels, device=device, backend=backend, test_data=data,
+                      pack_rows=pack_rows, fused_kernels=fused_kernels, device=device, backend=backend, test_data=data,
                       trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     model = model or cfg.model
     require(model, "--model")

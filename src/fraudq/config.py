@@ -55,6 +55,7 @@ class Config:
     token_budget: int = 32768  # tokens per batch when eval_batch_size is "auto"
     generate_token_budget: int = 262144  # the same for generate mode, whose decode steps cost the same at any batch
     share_prefix: bool = True  # score mode: run the prompt prefix all rows share once, reuse its keys and values
+    pack_rows: bool = True  # score mode: a batch's rows as one sequence, no padding (models that allow it)
     fused_kernels: str = "auto"  # on CUDA: liger-kernel's RMSNorm and SwiGLU kernels; auto, liger or off
     cudnn_attention: bool = False  # on CUDA: allow cuDNN attention, which builds a plan for every new batch shape
     limit: int = 0  # 0 = all rows

@@ -9,7 +9,7 @@ import re
 import time
 from pathlib import Path
 
-from fraudq import prompts
+from fraudq import packed, prompts
 from fraudq.atomic import atomic_write_json, atomic_write_text
 from fraudq.batching import make_batches
 from fraudq.config import Config
@@ -96,6 +96,9 @@ class SharedPrefix:
         with torch.inference_mode():
             cache = model(input_ids=torch.tensor([tokens], device=device), use_cache=True).past_key_values
         self.layers = [(keys, values) for keys, values, *_ in cache]
+        # The same keys and values as (tokens, kv heads, head_dim), the layout of a packed batch.
+        self.packed_layers = [(keys[0].transpose(0, 1).contiguous(), values[0].transpose(0, 1).contiguous())
+                              for keys, values in self.layers]
 
     def strip(self, prompt_ids: list[list[int]]) -> list[list[int]]:
         return [ids[len(self.tokens):] for ids in prompt_ids]
@@ -108,14 +111,22 @@ class SharedPrefix:
 
 
 def forward_logprobs(model, sequences: list[list[int]], keep: int, pad_id: int, device: str,
-                     prefix: SharedPrefix | None = None):
-    """Log-softmax over the vocabulary at the last `keep` positions of each row.
+                     prefix: SharedPrefix | None = None, packing: str | None = None):
+    """Log-softmax over the vocabulary at the last `keep` positions of each row: (rows, keep, vocab).
 
-    With `prefix`, `sequences` are the rows after it: left padding then sits between the prefix and each
-    row's own tokens, where the attention mask hides it.
+    With `prefix`, `sequences` are the rows after it. With `packing` (the kernel packed.enable chose), the rows
+    run as one sequence; otherwise left padding sits between the prefix and each row's own tokens, where the
+    attention mask hides it.
     """
     import torch
 
+    if packing:
+        batch = packed.PackedBatch(sequences, keep, device, prefix.packed_layers if prefix else None,
+                                   len(prefix.tokens) if prefix else 0, packing)
+        with torch.inference_mode(), packed.attention(model):
+            logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                           logits_to_keep=batch.kept, packed=batch).logits
+        return torch.log_softmax(logits.float(), dim=-1).view(len(sequences), keep, -1)
     ids, mask, positions = left_pad(sequences, pad_id, device)
     if prefix is None:
         # No KV cache: filling one for a single forward cost 3x the forward itself at 16k tokens (H100).
@@ -131,7 +142,7 @@ def forward_logprobs(model, sequences: list[list[int]], keep: int, pad_id: int, 
 
 
 def score_batch(model, prompt_ids: list[list[int]], candidates: list[list[int]], pad_id: int, device: str,
-                prefix: SharedPrefix | None = None):
+                prefix: SharedPrefix | None = None, packing: str | None = None):
     """log P(true words) - log P(false words) after the answer prefix, summed over each word's tokens.
 
     Returns a tensor on the model's device: converting per batch would stop the CPU from queueing the next
@@ -140,11 +151,11 @@ def score_batch(model, prompt_ids: list[list[int]], candidates: list[list[int]],
     rows = prefix.strip(prompt_ids) if prefix else prompt_ids
     if all(len(cand) == 1 for cand in candidates):
         # The usual case (" true" / " false" are one token each): one forward pass serves both words.
-        last = forward_logprobs(model, rows, 1, pad_id, device, prefix)[:, -1, :]
+        last = forward_logprobs(model, rows, 1, pad_id, device, prefix, packing)[:, -1, :]
         return last[:, candidates[0][0]] - last[:, candidates[1][0]]
     totals = []
     for cand in candidates:
-        logprobs = forward_logprobs(model, [p + cand for p in rows], len(cand) + 1, pad_id, device, prefix)
+        logprobs = forward_logprobs(model, [p + cand for p in rows], len(cand) + 1, pad_id, device, prefix, packing)
         # Position j of the kept window predicts cand[j]; the window's last position predicts past the word.
         picked = logprobs[:, : len(cand), :].gather(-1, _column(cand, len(rows), logprobs.device))
         totals.append(picked.squeeze(-1).sum(-1))
@@ -235,32 +246,40 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
     start = time.perf_counter()
     model = load_model(info, device, cfg.backend, cfg.trust_remote_code)
     fused = apply_fused_kernels(model, cfg.fused_kernels, device)
+    packing = packed.enable(model) if cfg.mode == "score" and cfg.pack_rows else None
     load_s = time.perf_counter() - start
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     extra = max(map(len, candidates)) if cfg.mode == "score" else cfg.max_new_tokens
     shared = shared_prefix_tokens(prompt_ids) if cfg.mode == "score" and cfg.share_prefix else []
-    batches = make_batches([len(p) - len(shared) + extra for p in prompt_ids], batch_size, token_budget)
+    batches = make_batches([len(p) - len(shared) + extra for p in prompt_ids], batch_size, token_budget,
+                           padded=not packing)
 
-    def predict(indices: list[int]):
-        chunk = [prompt_ids[i] for i in indices]
+    def predict(chunk: list[list[int]]):
         if cfg.mode == "score":
-            return score_batch(model, chunk, candidates, tokenizer.pad_token_id, device, prefix)
+            return score_batch(model, chunk, candidates, tokenizer.pad_token_id, device, prefix, packing)
         return generate_batch(model, tokenizer, chunk, cfg.max_new_tokens, device)
 
     def work(indices: list[int]):
-        values = predict(indices)
+        values = predict([prompt_ids[i] for i in indices])
         if progress:
             progress(len(indices))
         return values
 
-    # Before the clock, the shared prefix's one forward and one row: Triton kernels compile and autotune on first
-    # use (seconds, once per process), which would otherwise be charged to whichever model's rate pays it first.
-    # Reported as warmup_s.
+    # Before the clock, the shared prefix's one forward and a row or two: Triton kernels compile and autotune on
+    # first use (seconds, once per process), which would otherwise be charged to whichever model's rate pays it
+    # first. Reported as warmup_s.
     with attention_backends(device, cfg.cudnn_attention):
         start = time.perf_counter()
         prefix = SharedPrefix(model, shared, device) if shared else None
-        predict([min(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))])
+        if cfg.mode == "score":
+            # Rows of 16 and 17 tokens past the prefix: Triton compiles a kernel again for an integer argument
+            # (a batch's token count) that is a multiple of 16, so both kinds of count are warmed.
+            longest = max(prompt_ids, key=len)
+            for own in (16, 17):
+                predict([longest[: len(shared) + own]])
+        else:
+            predict([min(prompt_ids, key=len)])
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         warmup_s = time.perf_counter() - start
@@ -295,7 +314,7 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "skipped_invalid": dataset.skipped,
         "eval_config": {k: getattr(cfg, k) for k in PROMPT_KEYS},
         "batching": {"batch_size": cfg.eval_batch_size, "token_budget": token_budget, "batches": len(batches),
-                     "shared_prefix_tokens": len(prefix.tokens) if prefix else 0},
+                     "shared_prefix_tokens": len(prefix.tokens) if prefix else 0, "packed_rows": packing},
         "device": device,
         "fused_kernels": fused,
         "cudnn_attention": cfg.cudnn_attention if device.startswith("cuda") else None,

@@ -1,6 +1,7 @@
 """Eval forward speed-ups on CUDA, both measured on an H100 (docs/BENCHMARKS.md, fourth session).
 
-- Fused elementwise kernels from liger-kernel (RMSNorm and SiLU * up, one Triton kernel each): in eager mode
+- Fused elementwise kernels from liger-kernel (RMSNorm, SiLU * up, and rotary embedding for one-sequence
+  forwards; one Triton kernel each): in eager mode
   these ops ran as many small kernels per layer, nearly half of the forward's CUDA time. `torch.compile`
   fuses the same ops, but its cold start costs more than a 2,349-row eval takes.
 - Attention without cuDNN: PyTorch picks cuDNN's SDPA on H100, which builds a plan for every new shape
@@ -48,13 +49,35 @@ def apply_fused_kernels(model, choice: str, device: str) -> str | None:
             raise BadInput(f"liger-kernel has no kernels for model type {model_type!r}; use fused_kernels = auto or off")
         return None
     # Inference only: its loss kernels would replace the model's forward, which eval needs for logits_to_keep.
-    # No rotary kernel: it takes the batch size as a compile-time constant, so every eval batch of a new row
-    # count would compile it again.
+    # Its rotary kernel is not patched in as liger does it (see _rotary_for_single_sequences).
     wanted = {"rope": False, "rms_norm": True, "swiglu": True, "cross_entropy": False,
               "fused_linear_cross_entropy": False}
     accepted = inspect.signature(apply).parameters
     apply(model=model, **{key: value for key, value in wanted.items() if key in accepted})
+    if "rope" in accepted:
+        _rotary_for_single_sequences(model)
     return "liger"
+
+
+def _rotary_for_single_sequences(model) -> None:
+    """liger's rotary kernel for one-sequence forwards (packed score batches, the shared prefix), the model's
+    own rotary code for the rest. The kernel takes the batch size as a compile-time constant, so padded batches
+    and generate's decode steps would compile it again for every new row count; a packed batch is always one."""
+    import sys
+
+    modeling = sys.modules.get(type(model).__module__)
+    own = getattr(modeling, "apply_rotary_pos_emb", None)
+    if own is None or getattr(own, "fraudq_single_sequence", False):
+        return
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
+        if q.shape[0] == 1 and cos.shape[0] == 1:
+            return liger_rotary_pos_emb(q, k, cos, sin, *args, **kwargs)
+        return own(q, k, cos, sin, *args, **kwargs)
+
+    apply_rotary_pos_emb.fraudq_single_sequence = True
+    modeling.apply_rotary_pos_emb = apply_rotary_pos_emb
 
 
 def attention_backends(device: str, cudnn_attention: bool):
