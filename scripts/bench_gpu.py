@@ -284,7 +284,7 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
 
 
 FUSION_RUNS = (  # (model, variant, profile): most informative first, so a call cut short keeps them
-    ("fp16", "default", True), ("fp16", "padded", True), ("int4", "default", True), ("int4", "padded", False),
+    ("fp16", "default", True), ("int4", "default", True), ("fp16", "padded", False), ("int4", "padded", False),
     ("fp16", "no-fused", False), ("fp16", "before", False))
 
 

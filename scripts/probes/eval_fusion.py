@@ -129,18 +129,33 @@ def kernel_profile(prof) -> dict:
         group = next((g for g, keys in GROUPS if any(k in name.lower() for k in keys)), "other")
         groups[group] = groups.get(group, 0.0) + ms
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
-    return {"total_ms": round(total, 2),
+    # The ATen ops behind the kernels (device time of the kernels each launched itself), and their CPU time.
+    ops = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
+    top_ops = sorted(ops, key=lambda e: -e.self_device_time_total)[:15]
+    return {"total_ms": round(total, 2), "cpu_self_ms": round(sum(e.self_cpu_time_total for e in ops) / 1e3, 2),
+            "top_ops": [{"op": e.key[:80], "device_ms": round(e.self_device_time_total / 1e3, 2),
+                         "cpu_ms": round(e.self_cpu_time_total / 1e3, 2), "calls": e.count} for e in top_ops],
             "groups_pct": {g: round(100 * ms / total, 1) for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])},
             "top": [{"kernel": k[:120], "ms": round(ms, 2), "pct": round(100 * ms / total, 1)} for k, ms in top]}
 
 
 def profiled_score_batch(real, record: dict, at_call: int = 3):
+    """Every batch timed alone (synchronised before and after): launch_ms is how long the CPU took to queue it,
+    wall_ms until the GPU finished. The `at_call`-th batch also runs under the torch profiler."""
     calls = {"n": 0}
+    record["batches"] = []
 
     def wrapper(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] != at_call:
-            return real(*args, **kwargs)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            values = real(*args, **kwargs)
+            launched = time.perf_counter()
+            torch.cuda.synchronize()
+            record["batches"].append({"rows": len(args[1]), "launch_ms": round((launched - start) * 1e3, 2),
+                                      "wall_ms": round((time.perf_counter() - start) * 1e3, 2)})
+            return values
         from torch.profiler import ProfilerActivity, profile
 
         torch.cuda.synchronize()

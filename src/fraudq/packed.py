@@ -60,13 +60,20 @@ class PackedBatch:
         # Keys per row: the prefix's (indices 0..P-1 of cat(prefix, own)), then the row's own (P + packed index).
         key_index = [i for start, end in zip(self.starts_q, self.starts_q[1:])
                      for i in (*range(prefix_len), *range(prefix_len + start, prefix_len + end))]
-        as_long = functools.partial(torch.tensor, dtype=torch.long)
-        self.input_ids = as_long(tokens).view(1, -1).to(device)
-        self.position_ids = as_long(positions).view(1, -1).to(device)
-        self.kept = as_long(kept).to(device)
-        self.key_index = as_long(key_index).to(device) if prefix_layers else None
-        self.cu_q = torch.tensor(self.starts_q, dtype=torch.int32).to(device)
-        self.cu_k = torch.tensor(self.starts_k, dtype=torch.int32).to(device)
+        if not prefix_layers:
+            key_index = []
+        parts = (tokens, positions, kept, key_index, self.starts_q, self.starts_k)
+        host = torch.tensor([value for part in parts for value in part], dtype=torch.long)
+        if device.startswith("cuda"):
+            # One copy from page-locked memory that does not wait for the GPU: a plain copy would stall this
+            # thread until the previous batch's forward has finished, leaving the GPU idle while the next
+            # forward is being queued.
+            host = host.pin_memory()
+        flat = host.to(device, non_blocking=True)
+        self.input_ids, self.position_ids, self.kept, key_index, cu_q, cu_k = flat.split(list(map(len, parts)))
+        self.input_ids, self.position_ids = self.input_ids.view(1, -1), self.position_ids.view(1, -1)
+        self.key_index = key_index if prefix_layers else None
+        self.cu_q, self.cu_k = cu_q.int(), cu_k.int()
         self.prefix_layers = prefix_layers
         self.kernel = kernel
 
