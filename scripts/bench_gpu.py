@@ -284,8 +284,8 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
 
 
 FUSION_RUNS = (  # (model, variant, profile): most informative first, so a call cut short keeps them
-    ("fp16", "default", True), ("int4", "default", True), ("fp16", "padded", False), ("int4", "padded", False),
-    ("fp16", "no-fused", False), ("fp16", "before", False))
+    ("fp16", "default", False), ("int4", "default", True), ("int4", "gptqmodel-alloc", False),
+    ("fp16", "padded", False), ("fp16", "no-fused", False), ("fp16", "before", False))
 
 
 def phase_fusion(data: Path, work: Path, env: dict, log: list, result: dict, save, device: str = "cuda",
@@ -308,7 +308,7 @@ def phase_fusion(data: Path, work: Path, env: dict, log: list, result: dict, sav
         baseline = out / f"{label}-default-32768.predictions.jsonl"
         try:
             run([*probe, "--model", str(paths[label]), "--label", label, "--variant", variant, "--baseline",
-                 str(baseline), *(["--profile"] if profile else [])], log, env, 240)
+                 str(baseline), "--timeline", *(["--profile"] if profile else [])], log, env, 240)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:  # one variant failing must not hide the others
             result.setdefault("failed", []).append(f"{label}:{variant}: {exc}")
         summary = out / "eval_fusion.json"

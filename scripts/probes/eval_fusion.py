@@ -5,6 +5,7 @@ patches transformers' module globally; compiled graphs stay in the process).
     default    the model as `fraudq eval` runs it today (rows packed, fused_kernels auto, attention without cuDNN)
     padded     the fourth session's default: the same without packing (left padding, attention mask)
     no-fused   the default without liger's kernels (packed, eager RMSNorm, rotary and SwiGLU)
+    gptqmodel-alloc  the default under the CUDA allocator settings GPTQModel chooses on import
     before     the third session's path: padded, no fused kernels, cuDNN attention allowed
     eager      no fused kernels, attention without cuDNN
     rmsnorm    eager, with every RMSNorm through torch.nn.functional.rms_norm
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -96,9 +98,10 @@ def unchanged(model) -> None:
 
 
 # name: (config settings, change to the loaded model)
+GPTQMODEL_ALLOC_CONF = "expandable_segments:True,max_split_size_mb:256,garbage_collection_threshold:0.7"
 EAGER = {"fused_kernels": "off", "cudnn_attention": False, "pack_rows": False}
 VARIANTS = {"default": ({}, unchanged), "padded": ({"pack_rows": False}, unchanged),
-            "no-fused": ({"fused_kernels": "off"}, unchanged),
+            "no-fused": ({"fused_kernels": "off"}, unchanged), "gptqmodel-alloc": ({}, unchanged),
             "before": ({"fused_kernels": "off", "cudnn_attention": True, "pack_rows": False}, unchanged),
             "eager": (EAGER, unchanged), "rmsnorm": (EAGER, fuse_rmsnorm), "pointwise": (EAGER, compile_pointwise),
             "liger": ({"fused_kernels": "off", "cudnn_attention": True, "pack_rows": False}, liger),
@@ -171,6 +174,35 @@ def profiled_score_batch(real, record: dict, at_call: int = 3):
     return wrapper
 
 
+def timeline_score_batch(real, batches: list):
+    """No synchronisation: CUDA events around each batch's queued work and CPU clocks around the call, to tell
+    GPU time per batch, GPU idle between batches and how far the CPU runs ahead."""
+
+    def wrapper(*args, **kwargs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        cpu_enter = time.perf_counter()
+        start.record()
+        values = real(*args, **kwargs)
+        end.record()
+        batches.append((len(args[1]), cpu_enter, time.perf_counter(), start, end))
+        return values
+
+    return wrapper
+
+
+def summarise_timeline(batches: list) -> list[dict]:
+    torch.cuda.synchronize()
+    cpu0, first = batches[0][1], batches[0][3]
+    rows = []
+    for index, (n, cpu_in, cpu_out, start, end) in enumerate(batches):
+        gap = batches[index - 1][4].elapsed_time(start) if index else 0.0
+        rows.append({"rows": n, "cpu_enter_ms": round((cpu_in - cpu0) * 1e3, 1),
+                     "cpu_exit_ms": round((cpu_out - cpu0) * 1e3, 1),
+                     "gpu_start_ms": round(first.elapsed_time(start), 1), "gpu_ms": round(start.elapsed_time(end), 1),
+                     "gpu_idle_before_ms": round(gap, 1)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -181,9 +213,14 @@ def main() -> None:
     parser.add_argument("--budgets", default="32768,65536")
     parser.add_argument("--baseline", type=Path, default=None, help="predictions file to compare scores with")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--timeline", action="store_true", help="CUDA-event timeline of every budget's run")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=0)
     args = parser.parse_args()
+    if args.variant == "gptqmodel-alloc":
+        # What GPTQModel sets on import when nothing is set: the CUDA allocator eval ran under before fraudq
+        # kept its own (modelio.keep_cuda_allocator). Read when CUDA first allocates, so set before that.
+        os.environ["PYTORCH_ALLOC_CONF"] = GPTQMODEL_ALLOC_CONF
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "eval_fusion.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -220,7 +257,15 @@ def main() -> None:
         summary_path.write_text(json.dumps(summary, indent=2))
 
     for budget in map(int, args.budgets.split(",")):
-        save(f"{args.label}:{args.variant}@{budget}", one(budget, str(budget)))
+        timeline: list = []
+        real_score = evaluate.score_batch
+        if args.timeline and torch.cuda.is_available():
+            evaluate.score_batch = timeline_score_batch(real_score, timeline)
+        row = one(budget, str(budget))
+        evaluate.score_batch = real_score
+        if timeline:
+            row["timeline"] = summarise_timeline(timeline)
+        save(f"{args.label}:{args.variant}@{budget}", row)
     if args.profile and torch.cuda.is_available():
         record: dict = {}
         real_score = evaluate.score_batch

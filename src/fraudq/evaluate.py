@@ -17,8 +17,8 @@ from fraudq.data import read_jsonl
 from fraudq.errors import BadInput
 from fraudq.fused import apply_fused_kernels, attention_backends, check_choice
 from fraudq.metrics import confusion, rates, roc_auc
-from fraudq.modelio import (dir_size, fingerprint, inspect_model, load_model, load_tokenizer, peak_memory,
-                            resolve_device)
+from fraudq.modelio import (dir_size, fingerprint, inspect_model, keep_cuda_allocator, load_model, load_tokenizer,
+                            peak_memory, resolve_device)
 
 MODES = ("score", "generate")
 # Keys of the config that change what an eval measures; compare refuses to mix results that differ here.
@@ -231,6 +231,8 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
     info = inspect_model(model_path, cfg.trust_remote_code, cfg.allow_pickle)
     device = resolve_device(cfg.device, "eval")
     check_choice(cfg.fused_kernels, device)
+    if device.startswith("cuda"):
+        keep_cuda_allocator()
     tokenizer = load_tokenizer(info, cfg.trust_remote_code)
 
     suffix = cfg.answer_prefix if cfg.mode == "score" else ""

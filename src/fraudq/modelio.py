@@ -31,6 +31,19 @@ def setup_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def keep_cuda_allocator() -> None:
+    """Before eval touches CUDA: stops GPTQModel from choosing the CUDA allocator's settings for it.
+
+    GPTQModel sets PYTORCH_ALLOC_CONF on import when the user has not (expandable segments, no splitting of
+    cached blocks over 256 MB, garbage collection at 70%), to quantize in less memory. Under it, an int4 eval's
+    forward waited on allocations whose size changes with every batch: 0.4-0.8 s of CPU per 32k-token batch
+    against ~0.1 s without it (docs/BENCHMARKS.md, fifth session). A setting the user made is kept, including
+    one under the older name, which the new one would otherwise override.
+    """
+    if not os.environ.get("PYTORCH_ALLOC_CONF"):
+        os.environ["PYTORCH_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "expandable_segments:False"
+
+
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
