@@ -261,27 +261,29 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
         run(fraudq("eval", "--model", str(path), "--mode", "generate"), log, env, 240)
         result["evals"][name]["generate"] = eval_summary(read(runs / "eval" / f"{name}.generate.json"))
         save()
-    # The eval levers in the same call: without packed rows (the fourth session's default), the path before the
-    # fourth and fifth sessions' levers (padded, no fused kernels, cuDNN attention allowed), and without the fused
-    # kernels only. Optional: skipped when the call's time would run out.
-    for key, mode, lever_env in (("score_padded", "score", {"FRAUDQ_PACK_ROWS": "false"}),
-                                 ("score_before_levers", "score", {"FRAUDQ_FUSED_KERNELS": "off",
-                                                                    "FRAUDQ_CUDNN_ATTENTION": "true",
-                                                                    "FRAUDQ_PACK_ROWS": "false"}),
-                                 ("score_no_fused", "score", {"FRAUDQ_FUSED_KERNELS": "off"}),
-                                 ("generate_before_levers", "generate", {"FRAUDQ_FUSED_KERNELS": "off",
-                                                                          "FRAUDQ_CUDNN_ATTENTION": "true"})):
-        if time.perf_counter() - started > (500 if mode == "score" else 480):
-            result.setdefault("skipped", []).append(key)
+    # The eval levers in the same call, each against the default run above: fp16 without packed rows (the fourth
+    # session's default); int4 under the CUDA allocator settings GPTQModel makes on import (what eval ran under
+    # before fraudq kept the defaults); fp16 at a 65,536-token budget; fp16 on the path before the fourth and
+    # fifth sessions' levers. Optional: skipped when the call's time would run out.
+    levers = (("fp16", "score_padded", {"FRAUDQ_PACK_ROWS": "false"}),
+              ("int4", "score_gptqmodel_alloc", {"PYTORCH_ALLOC_CONF": GPTQMODEL_ALLOC_CONF}),
+              ("fp16", "score_budget_65536", {"FRAUDQ_TOKEN_BUDGET": "65536"}),
+              ("fp16", "score_before_levers", {"FRAUDQ_FUSED_KERNELS": "off", "FRAUDQ_CUDNN_ATTENTION": "true",
+                                               "FRAUDQ_PACK_ROWS": "false"}))
+    for name, key, lever_env in levers:
+        if time.perf_counter() - started > 470:
+            result.setdefault("skipped", []).append(f"{name}:{key}")
             continue
-        out = runs / "eval" / f"fp16-{key}.json"
-        run(fraudq("eval", "--model", str(model), "--mode", mode, "--out", str(out)), log, {**env, **lever_env}, 240)
-        result["evals"]["fp16"][key] = eval_summary(read(out))
-        result["evals"]["fp16"][f"{key}_agreement"] = agreement(
-            runs / "eval" / ("fp16.predictions.jsonl" if mode == "score" else "fp16.generate.predictions.jsonl"),
-            predictions_path(out))
+        out = runs / "eval" / f"{name}-{key}.json"
+        run(fraudq("eval", "--model", str(dict(models)[name]), "--out", str(out)), log, {**env, **lever_env}, 240)
+        result["evals"][name][key] = eval_summary(read(out))
+        result["evals"][name][f"{key}_agreement"] = agreement(runs / "eval" / f"{name}.predictions.jsonl",
+                                                              predictions_path(out))
         save()
 
+
+# What GPTQModel 7.5.0 sets on import when PYTORCH_ALLOC_CONF is unset (gptqmodel/models/auto.py).
+GPTQMODEL_ALLOC_CONF = "expandable_segments:True,max_split_size_mb:256,garbage_collection_threshold:0.7"
 
 FUSION_RUNS = (  # (model, variant, profile): most informative first, so a call cut short keeps them
     ("fp16", "default", False), ("int4", "default", True), ("int4", "gptqmodel-alloc", False),

@@ -98,7 +98,7 @@ def unchanged(model) -> None:
 
 
 # name: (config settings, change to the loaded model)
-GPTQMODEL_ALLOC_CONF = "expandable_segments:True,max_split_size_mb:256,garbage_collection_threshold:0.7"
+GPTQMODEL_ALLOC_CONF = "expandable_segments:True,max_split_size_mb:256,garbage_collection_threshold:0.7"  # auto.py
 EAGER = {"fused_kernels": "off", "cudnn_attention": False, "pack_rows": False}
 VARIANTS = {"default": ({}, unchanged), "padded": ({"pack_rows": False}, unchanged),
             "no-fused": ({"fused_kernels": "off"}, unchanged), "gptqmodel-alloc": ({}, unchanged),
