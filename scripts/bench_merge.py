@@ -2,7 +2,8 @@
 
     python scripts/bench_merge.py quality.json speed.json --out docs/bench/2026-11-25-h100-2.json
     (the first session's files came from quality.json speed8.json [speed4.json]; the third session's from
-    speed.json check.json engines.json scaling.json scaling7b.json hessian_precision.json)
+    speed.json check.json engines.json scaling.json scaling7b.json hessian_precision.json; the fifth session's
+    from speed.json, three fusion.json files (fusion, fusion-2, fusion-3, in call order) and syncs.json)
 
 Speed figures (quantize_s, peak_gpu_gb, eval_*_sps, size_bytes) come from the `qwen2-1.5b` phases,
 quality figures (precision, recall, f1, auc, flips) from the `small` phase. A figure a phase did not
@@ -23,7 +24,9 @@ def load(paths: list[Path]) -> dict[str, dict]:
     phases = {}
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
-        phases[data.get("phase") or path.stem] = data  # probes write no phase key: named by their file
+        key = data.get("phase") or path.stem  # probes write no phase key: named by their file
+        # The same phase run in several calls (the fifth session's three `fusion` calls): fusion, fusion-2, ...
+        phases[key if key not in phases else f"{key}-{sum(k.startswith(key) for k in phases) + 1}"] = data
     return phases
 
 
@@ -108,21 +111,26 @@ def merge(phases: dict) -> dict:
         "share_prefix": {"eval_score_sps_off": (speed_fp16.get("score_no_share_prefix") or {}).get("samples_per_s"),
                          "agreement_on_off": speed_fp16.get("share_prefix_agreement")} if speed_fp16 else None,
         "qwen2_1_5b_check": (phases.get("check") or {}).get("qwen2-1.5b"),
-        "eval_levers": eval_levers(speed_fp16, quality),
+        "eval_levers": eval_levers((phases.get("speed") or {}).get("evals", {}), quality),
         "fusion_probe": (phases.get("fusion") or {}).get("fusion"),
+        "fusion_probe_calls": {key: p.get("fusion") for key, p in phases.items() if key.startswith("fusion-")} or None,
+        "sync_probe": phases.get("syncs"),
         "scaling": [run for key in ("scaling", "scaling7b") for run in (phases.get(key) or {}).get("runs", [])] or None,
         "hessian_precision": (phases.get("hessian_precision") or {}).get("runs"),
     }
 
 
-LEVER_KEYS = ("samples_per_s", "wall_s", "warmup_s", "fused_kernels", "cudnn_attention", "f1", "auc")
+LEVER_KEYS = ("samples_per_s", "wall_s", "warmup_s", "fused_kernels", "cudnn_attention", "batching", "f1", "auc")
+LEVERS = ("score_before_levers", "score_no_fused", "generate_before_levers", "score_padded", "score_gptqmodel_alloc",
+          "score_budget_65536")
 
 
-def eval_levers(speed_fp16: dict, quality: dict) -> dict | None:
-    """The fourth session's eval levers against the path before them, each pair measured in one call."""
-    runs = {f"qwen2-1.5b/fp16/{key}": {**{k: speed_fp16[key].get(k) for k in LEVER_KEYS},
-                                       "agreement_with_default": speed_fp16.get(f"{key}_agreement")}
-            for key in ("score_before_levers", "score_no_fused", "generate_before_levers") if key in speed_fp16}
+def eval_levers(speed_evals: dict, quality: dict) -> dict | None:
+    """The eval levers against the default path (fourth and fifth sessions), each pair measured in one call."""
+    runs = {f"qwen2-1.5b/{name}/{key}": {**{k: row[key].get(k) for k in LEVER_KEYS},
+                                         "default_samples_per_s": (row.get("score") or {}).get("samples_per_s"),
+                                         "agreement_with_default": row.get(f"{key}_agreement")}
+            for name, row in speed_evals.items() for key in LEVERS if key in row}
     for name, row in (quality.get("models") or {}).items():
         if "score_before_levers" in row:
             runs[f"small/{name}/score_before_levers"] = {

@@ -174,6 +174,7 @@ def test_multi_token_candidates_sum_log_probs(project, shared, pack):
     packing = packed.enable(model) if pack else None
     assert packing == ("per-row" if pack else None)
     got = score_batch(model, prompts, candidates, tokenizer.pad_token_id, "cpu", prefix, packing).tolist()
+    assert model.config._attn_implementation == "sdpa"  # packed attention only inside packed forwards
     for prompt, value in zip(prompts, got):
         totals = []
         for cand in candidates:

@@ -5,6 +5,7 @@ per-row code when it is first used (and measured on the GPU: docs/BENCHMARKS.md)
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -27,6 +28,33 @@ def test_packed_batch_layout():
     assert (batch.max_q, batch.max_k) == (3, 5)
     two = packed.PackedBatch([[11, 12], [13, 14, 15]], keep=2, device="cpu")
     assert two.kept.tolist() == [0, 1, 3, 4] and two.key_index is None
+
+
+def test_the_kernel_check_rejects_a_wrong_causal_alignment_or_scale():
+    """CUDA's variable-length kernel is used only if it matches the per-row reference. Here stand-ins play the
+    kernel: the reference itself passes; causal aligned to the top left (rows would miss the prefix's last keys
+    and see too few of their own) and an ignored softmax scale both fail."""
+    from torch.nn.attention.bias import causal_upper_left
+
+    def right(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+        return packed._per_row(q, k, v, cu_q.tolist(), cu_k.tolist(), scale)
+
+    def unscaled(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+        return right(q, k, v, cu_q, cu_k, max_q, max_k, None)
+
+    def top_left(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+        out = torch.empty_like(q)
+        starts_q, starts_k = cu_q.tolist(), cu_k.tolist()
+        for q0, q1, k0, k1 in zip(starts_q, starts_q[1:], starts_k, starts_k[1:]):
+            rows = [t.transpose(0, 1).unsqueeze(0) for t in (q[q0:q1], k[k0:k1], v[k0:k1])]
+            out[q0:q1] = torch.nn.functional.scaled_dot_product_attention(
+                *rows, attn_mask=causal_upper_left(q1 - q0, k1 - k0), scale=scale, enable_gqa=True)[0].transpose(0, 1)
+        return out
+
+    shape = ("cpu", torch.float32, 4, 2, 16, 0.3)  # 0.3, not 16 ** -0.5: a kernel that ignores it must fail
+    assert packed._matches_reference(right, *shape)
+    assert not packed._matches_reference(unscaled, *shape)
+    assert not packed._matches_reference(top_left, *shape)
 
 
 def test_packed_budget_counts_tokens_not_padding():
@@ -69,3 +97,21 @@ def test_packed_eval_scores_every_row_as_the_padded_eval(project, tmp_path, shar
     assert [r["prediction"] for r in packed_rows] == [r["prediction"] for r in padded_rows]
     # The model is left as loaded: packed attention is switched on for packed forwards only.
     assert packed_result["confusion"] == padded_result["confusion"]
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, "expandable_segments:False"),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64"}, "max_split_size_mb:64"),
+    ({"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, "expandable_segments:True"),
+])
+def test_eval_keeps_the_users_cuda_allocator_or_the_default(monkeypatch, environ, expected):
+    """GPTQModel sets its own allocator settings on import unless PYTORCH_ALLOC_CONF is set; eval sets it first
+    (the defaults, or what the user set under either name), so GPTQModel's never apply."""
+    from fraudq.modelio import keep_cuda_allocator
+
+    for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    keep_cuda_allocator()
+    assert os.environ["PYTORCH_ALLOC_CONF"] == expected

@@ -6,6 +6,7 @@ patches transformers' module globally; compiled graphs stay in the process).
     padded     the fourth session's default: the same without packing (left padding, attention mask)
     no-fused   the default without liger's kernels (packed, eager RMSNorm, rotary and SwiGLU)
     gptqmodel-alloc  the default under the CUDA allocator settings GPTQModel chooses on import
+    expandable the default with the CUDA allocator's expandable segments
     before     the third session's path: padded, no fused kernels, cuDNN attention allowed
     eager      no fused kernels, attention without cuDNN
     rmsnorm    eager, with every RMSNorm through torch.nn.functional.rms_norm
@@ -98,10 +99,15 @@ def unchanged(model) -> None:
 
 
 # name: (config settings, change to the loaded model)
-GPTQMODEL_ALLOC_CONF = "expandable_segments:True,max_split_size_mb:256,garbage_collection_threshold:0.7"  # auto.py
+# CUDA allocator settings per variant: what GPTQModel 7.5.0 sets on import when nothing is set (models/auto.py),
+# which eval ran under before fraudq kept the defaults (modelio.keep_cuda_allocator); and expandable segments
+# alone, which grow the pool by mapping memory instead of allocating a new block for a batch that needs more.
+ALLOCATORS = {"gptqmodel-alloc": "expandable_segments:True,max_split_size_mb:256,garbage_collection_threshold:0.7",
+              "expandable": "expandable_segments:True"}
 EAGER = {"fused_kernels": "off", "cudnn_attention": False, "pack_rows": False}
 VARIANTS = {"default": ({}, unchanged), "padded": ({"pack_rows": False}, unchanged),
             "no-fused": ({"fused_kernels": "off"}, unchanged), "gptqmodel-alloc": ({}, unchanged),
+            "expandable": ({}, unchanged),
             "before": ({"fused_kernels": "off", "cudnn_attention": True, "pack_rows": False}, unchanged),
             "eager": (EAGER, unchanged), "rmsnorm": (EAGER, fuse_rmsnorm), "pointwise": (EAGER, compile_pointwise),
             "liger": ({"fused_kernels": "off", "cudnn_attention": True, "pack_rows": False}, liger),
@@ -217,10 +223,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=0)
     args = parser.parse_args()
-    if args.variant == "gptqmodel-alloc":
-        # What GPTQModel sets on import when nothing is set: the CUDA allocator eval ran under before fraudq
-        # kept its own (modelio.keep_cuda_allocator). Read when CUDA first allocates, so set before that.
-        os.environ["PYTORCH_ALLOC_CONF"] = GPTQMODEL_ALLOC_CONF
+    if args.variant in ALLOCATORS:
+        # Read when CUDA first allocates, so set before that; fraudq keeps a setting it finds.
+        os.environ["PYTORCH_ALLOC_CONF"] = ALLOCATORS[args.variant]
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "eval_fusion.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}

@@ -320,6 +320,7 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "device": device,
         "fused_kernels": fused,
         "cudnn_attention": cfg.cudnn_attention if device.startswith("cuda") else None,
+        "cuda_allocator": os.environ.get("PYTORCH_ALLOC_CONF") if device.startswith("cuda") else None,
         "confusion": counts,
         **metrics,
         "auc": roc_auc(labels, scores) if cfg.mode == "score" else None,

@@ -1,9 +1,9 @@
 """Eval forward speed-ups on CUDA, both measured on an H100 (docs/BENCHMARKS.md, fourth session).
 
-- Fused elementwise kernels from liger-kernel (RMSNorm, SiLU * up, and rotary embedding for one-sequence
-  forwards; one Triton kernel each): in eager mode
-  these ops ran as many small kernels per layer, nearly half of the forward's CUDA time. `torch.compile`
-  fuses the same ops, but its cold start costs more than a 2,349-row eval takes.
+- Fused elementwise kernels from liger-kernel (RMSNorm, SiLU * up, and the rotary embedding of one-sequence
+  forwards; one Triton kernel each): in eager mode these ops ran as many small kernels per layer, nearly half
+  of the forward's CUDA time. `torch.compile` fuses the same ops, but its cold start costs more than a
+  2,349-row eval takes.
 - Attention without cuDNN: PyTorch picks cuDNN's SDPA on H100, which builds a plan for every new shape
   (tens to hundreds of milliseconds), and every eval batch has a new shape.
 """

@@ -35,10 +35,11 @@ def keep_cuda_allocator() -> None:
     """Before eval touches CUDA: stops GPTQModel from choosing the CUDA allocator's settings for it.
 
     GPTQModel sets PYTORCH_ALLOC_CONF on import when the user has not (expandable segments, no splitting of
-    cached blocks over 256 MB, garbage collection at 70%), to quantize in less memory. Under it, an int4 eval's
-    forward waited on allocations whose size changes with every batch: 0.4-0.8 s of CPU per 32k-token batch
-    against ~0.1 s without it (docs/BENCHMARKS.md, fifth session). A setting the user made is kept, including
-    one under the older name, which the new one would otherwise override.
+    cached blocks over 256 MB, garbage collection at 70%), to quantize in less memory. Under it, int4 eval took
+    0.14-0.77 s of CPU to queue each 32k-token forward, most of it inside the GEMMs' CPU side, whose outputs
+    change size with every batch (fp16, which never imports GPTQModel: 0.07-0.09 s); int4 score mode went from
+    ~1,050 to 1,459 rows/s without it (on other boxes: docs/BENCHMARKS.md, fifth session). A setting the user made is
+    kept, including one under the older name, which the new one would otherwise override.
     """
     if not os.environ.get("PYTORCH_ALLOC_CONF"):
         os.environ["PYTORCH_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "expandable_segments:False"

@@ -39,7 +39,11 @@ def enable(model) -> str | None:
     config = model.config
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return _kernel_for(str(model.device), model.dtype, heads, getattr(config, "num_key_value_heads", heads), head_dim)
+    # The check runs at the model's own softmax scale: a torch whose kernel takes none would fail it.
+    scale = next((m.scaling for m in model.modules() if hasattr(m, "scaling") and hasattr(m, "layer_idx")),
+                 head_dim ** -0.5)
+    return _kernel_for(str(model.device), model.dtype, heads, getattr(config, "num_key_value_heads", heads), head_dim,
+                       scale)
 
 
 class PackedBatch:
@@ -50,8 +54,8 @@ class PackedBatch:
         import numpy as np
         import torch
 
-        # numpy, not Python loops: this runs on the CPU between two forwards, and a 32k-token batch took ~25 ms
-        # as list comprehensions (fifth session's timeline), time in which the GPU may wait.
+        # numpy, not Python loops: this runs on the CPU between two forwards, where the GPU may wait for it; a
+        # 32k-token batch took 26 ms as list comprehensions and takes 1.5 ms so (docs/BENCHMARKS.md).
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         starts_q = np.concatenate([[0], np.cumsum(lengths)])
         starts_k = np.concatenate([[0], np.cumsum(lengths + prefix_len)])
@@ -152,18 +156,23 @@ def _varlen():
 
 
 @functools.cache
-def _kernel_for(device: str, dtype, heads: int, kv_heads: int, head_dim: int) -> str:
+def _kernel_for(device: str, dtype, heads: int, kv_heads: int, head_dim: int, scale: float) -> str:
     """"varlen" where torch's kernel exists and matches the per-row reference on this shape, else "per-row"."""
     if not device.startswith("cuda"):
         return "per-row"
+    try:
+        matches = _matches_reference(_varlen(), device, dtype, heads, kv_heads, head_dim, scale)
+    except (ImportError, RuntimeError, TypeError, ValueError, NotImplementedError):  # e.g. no flash kernel here
+        return "per-row"
+    return "varlen" if matches else "per-row"
+
+
+def _matches_reference(call, device: str, dtype, heads: int, kv_heads: int, head_dim: int, scale: float) -> bool:
+    """`call` (the signature of _varlen's) against _per_row in float32, on three rows after a 5-token prefix."""
     import torch
 
-    try:
-        call = _varlen()
-    except ImportError:
-        return "per-row"
     generator = torch.Generator(device="cpu").manual_seed(0)
-    lengths, prefix_len, scale = [7, 1, 20], 5, head_dim ** -0.5
+    lengths, prefix_len = [7, 1, 20], 5
     starts_q = [0, *accumulate(lengths)]
     starts_k = [0, *accumulate(prefix_len + n for n in lengths)]
 
@@ -172,10 +181,6 @@ def _kernel_for(device: str, dtype, heads: int, kv_heads: int, head_dim: int) ->
 
     q, k, v = sample(starts_q[-1], heads), sample(starts_k[-1], kv_heads), sample(starts_k[-1], kv_heads)
     expected = _per_row(q.float(), k.float(), v.float(), starts_q, starts_k, scale)
-    try:
-        got = call(q, k, v, torch.tensor(starts_q, dtype=torch.int32, device=device),
-                   torch.tensor(starts_k, dtype=torch.int32, device=device), max(lengths), prefix_len + max(lengths),
-                   scale)
-    except (RuntimeError, TypeError, ValueError):
-        return "per-row"
-    return "varlen" if (got.float() - expected).abs().max().item() < 2e-2 else "per-row"
+    got = call(q, k, v, torch.tensor(starts_q, dtype=torch.int32, device=device),
+               torch.tensor(starts_k, dtype=torch.int32, device=device), max(lengths), prefix_len + max(lengths), scale)
+    return (got.float() - expected).abs().max().item() < 2e-2
