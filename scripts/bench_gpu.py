@@ -8,14 +8,16 @@ reports it wrote. Phases (run one per device call; merge the JSON files with scr
              test0819.jsonl (score mode), compare with plots, equivalence of the two engines, and fp16 in
              generate mode                                   -> quality figures
     speed    build the `qwen2-1.5b`-shaped model (random init), calib, quantize int8 and int4 with the
-             default engine, eval fp16/int8/int4 in score and generate mode -> speed figures
+             default engine, eval fp16/int8/int4 in score and generate mode -> speed figures; then, as
+             time allows, the eval levers against the default (padded rows, GPTQModel's allocator
+             settings, a 65,536-token budget, the third session's path)
     check    the shipped defaults: `quality` without GPTQModel's loop, `small` on the eval path before the
-             fourth session's levers, qwen2-1.5b fp16 score at two token budgets
+             fourth and fifth sessions' levers, qwen2-1.5b fp16 score at two token budgets
     engines  `small` at 4 bits: GPTQModel's loop at batch 32 and 8 against fraudq's engine (default, Hessian
              in 1,024-token products, fp32 Hessian), each quantized and evaluated: per-module losses and
              predictions against the library
-    fusion   score-mode eval variants (scripts/probes/eval_fusion.py) against the shipped default, fp16 and int4,
-             with kernel profiles of the default path
+    fusion   score-mode eval variants (scripts/probes/eval_fusion.py: FUSION_RUNS) against the shipped default,
+             fp16, int8 and int4, with a CUDA-event timeline per batch and a kernel profile
     scaling  quantize time against calibration rows (256, 1,024, 2,348 on qwen2-1.5b) and shape (qwen2-0.5b);
              scaling7b adds the qwen2-7b shape. Plot with scripts/plot_scaling.py
     speed8   (first session, GPTQModel's loop) eval fp16, quantize int8 at batch 32, eval int8

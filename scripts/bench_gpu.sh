@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One benchmark phase on a single-GPU machine without registry or internet access.
 # Usage: scripts/bench_gpu.sh PHASE OUT_DIR [DATA_DIR]
-#   PHASE: quality | speed | engines | check | scaling | scaling7b (each under 10 minutes; the first session's
+#   PHASE: quality | speed | engines | check | fusion | scaling | scaling7b (each under 10 minutes; the first session's
 #   speed8 | speed4 | levers still run); DATA_DIR defaults to .gpu/data
 #   Needs the offline wheel bundle in .whl/ (built here with ../shared/tools/gpu-wheels.sh .whl).
 # Merge the phases' JSON files with: python scripts/bench_merge.py OUT_DIR... --out docs/bench/DATE-CARD.json

@@ -141,7 +141,19 @@ def kernel_profile(prof) -> dict:
     # The ATen ops behind the kernels (device time of the kernels each launched itself), and their CPU time.
     ops = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
     top_ops = sorted(ops, key=lambda e: -e.self_device_time_total)[:15]
+    # Where the same-dtype copies come from (~7 ms a 32k-token batch, two per layer, in every path so far): the
+    # Python stacks of aten::copy_, grouped.
+    copies: dict[tuple, list] = {}
+    for event in prof.events():
+        if event.name == "aten::copy_" and event.device_type == torch.autograd.DeviceType.CPU:
+            frames = tuple(f for f in event.stack if " at 0x" not in f)[:8]  # object addresses differ per call
+            group = copies.setdefault(frames, [0.0, 0])
+            group[0] += event.device_time_total / 1e3
+            group[1] += 1
+    copy_stacks = [{"device_ms": round(ms, 2), "calls": n, "stack": list(frames)}
+                   for frames, (ms, n) in sorted(copies.items(), key=lambda kv: -kv[1][0])[:5]]
     return {"total_ms": round(total, 2), "cpu_self_ms": round(sum(e.self_cpu_time_total for e in ops) / 1e3, 2),
+            "copy_stacks": copy_stacks,
             "top_ops": [{"op": e.key[:80], "device_ms": round(e.self_device_time_total / 1e3, 2),
                          "cpu_ms": round(e.self_cpu_time_total / 1e3, 2), "calls": e.count} for e in top_ops],
             "groups_pct": {g: round(100 * ms / total, 1) for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])},
@@ -165,10 +177,13 @@ def profiled_score_batch(real, record: dict, at_call: int = 3):
             record["batches"].append({"rows": len(args[1]), "launch_ms": round((launched - start) * 1e3, 2),
                                       "wall_ms": round((time.perf_counter() - start) * 1e3, 2)})
             return values
+        from torch._C._profiler import _ExperimentalConfig
         from torch.profiler import ProfilerActivity, profile
 
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        # verbose: without it this torch records no Python frames for with_stack
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True,
+                     experimental_config=_ExperimentalConfig(verbose=True)) as prof:
             start = time.perf_counter()
             values = real(*args, **kwargs)
             torch.cuda.synchronize()

@@ -39,7 +39,9 @@ def keep_cuda_allocator() -> None:
     0.14-0.77 s of CPU to queue each 32k-token forward, most of it inside the GEMMs' CPU side, whose outputs
     change size with every batch (fp16, which never imports GPTQModel: 0.07-0.09 s); int4 score mode went from
     ~1,050 to 1,459 rows/s without it (on other boxes: docs/BENCHMARKS.md, fifth session). A setting the user made is
-    kept, including one under the older name, which the new one would otherwise override.
+    kept, including one under the older name, which the new one would otherwise override. In a process that
+    quantized on CUDA first (the demo), GPTQModel's import set it before this runs, and the allocator has
+    started under it: that eval keeps GPTQModel's settings.
     """
     if not os.environ.get("PYTORCH_ALLOC_CONF"):
         os.environ["PYTORCH_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "expandable_segments:False"

@@ -1,10 +1,10 @@
 """Score mode's forward with a batch's rows packed into one sequence: no padding tokens, no attention mask.
 
-On the anti-fraud test set, length-sorted left-padded batches of 32k tokens spent 12% of their tokens on padding,
-and the padding mask kept attention off its fastest kernel (a masked kernel, and key/value heads copied for
-grouped-query attention). Packed, each row is a stretch of one sequence with its own positions, and attention
-lets each row see the shared prompt prefix and its own earlier tokens only: through flash attention's
-variable-length kernel on CUDA, checked once per process against a per-row reference, or row by row elsewhere.
+On the anti-fraud test set, length-sorted left-padded batches of 32k tokens held 11% padding, and the padding
+mask kept attention off its fastest kernel (a masked kernel, and key/value heads copied for grouped-query
+attention). Packed, each row is a stretch of one sequence with its own positions, and attention lets each row
+see the shared prompt prefix and its own earlier tokens only: through flash attention's variable-length kernel
+on CUDA, checked once per process against a per-row reference, or row by row elsewhere.
 """
 
 from __future__ import annotations
