@@ -7,6 +7,7 @@ patches transformers' module globally; compiled graphs stay in the process).
     no-fused   the default without liger's kernels (packed, eager RMSNorm, rotary and SwiGLU)
     gptqmodel-alloc  the default under the CUDA allocator settings GPTQModel chooses on import
     expandable the default with the CUDA allocator's expandable segments
+    fused-add-norm  the default with each layer's attention residual add fused into the next RMSNorm (liger)
     before     the third session's path: padded, no fused kernels, cuDNN attention allowed
     eager      no fused kernels, attention without cuDNN
     rmsnorm    eager, with every RMSNorm through torch.nn.functional.rms_norm
@@ -94,6 +95,27 @@ def compile_layers(model) -> None:
         layer.compile(dynamic=True)
 
 
+def fuse_add_norm(model) -> None:
+    """The default, with each decoder layer's attention residual add and post-attention RMSNorm as one liger
+    kernel (the layer's other add feeds the next layer's norm, across the model's own loop: left as it is)."""
+    from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
+
+    for layer in model.model.layers:
+        def forward(hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+                    position_embeddings=None, layer=layer, **kwargs):
+            residual = hidden_states
+            hidden_states, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states),
+                                               attention_mask=attention_mask, position_ids=position_ids,
+                                               past_key_values=past_key_values, use_cache=use_cache,
+                                               position_embeddings=position_embeddings, **kwargs)
+            norm = layer.post_attention_layernorm
+            normed, residual = LigerFusedAddRMSNormFunction.apply(hidden_states, residual, norm.weight,
+                                                                  norm.variance_epsilon, 0.0, "llama", False)
+            return residual + layer.mlp(normed)
+
+        layer.forward = forward
+
+
 def unchanged(model) -> None:
     pass
 
@@ -107,7 +129,7 @@ ALLOCATORS = {"gptqmodel-alloc": "expandable_segments:True,max_split_size_mb:256
 EAGER = {"fused_kernels": "off", "cudnn_attention": False, "pack_rows": False}
 VARIANTS = {"default": ({}, unchanged), "padded": ({"pack_rows": False}, unchanged),
             "no-fused": ({"fused_kernels": "off"}, unchanged), "gptqmodel-alloc": ({}, unchanged),
-            "expandable": ({}, unchanged),
+            "expandable": ({}, unchanged), "fused-add-norm": ({}, fuse_add_norm),
             "before": ({"fused_kernels": "off", "cudnn_attention": True, "pack_rows": False}, unchanged),
             "eager": (EAGER, unchanged), "rmsnorm": (EAGER, fuse_rmsnorm), "pointwise": (EAGER, compile_pointwise),
             "liger": ({"fused_kernels": "off", "cudnn_attention": True, "pack_rows": False}, liger),
