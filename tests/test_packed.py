@@ -95,7 +95,6 @@ def test_packed_eval_scores_every_row_as_the_padded_eval(project, tmp_path, shar
     assert padded_result["batching"]["packed_rows"] is None
     assert [r["score"] for r in packed_rows] == pytest.approx([r["score"] for r in padded_rows], abs=1e-4)
     assert [r["prediction"] for r in packed_rows] == [r["prediction"] for r in padded_rows]
-    # The model is left as loaded: packed attention is switched on for packed forwards only.
     assert packed_result["confusion"] == padded_result["confusion"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -96,9 +97,12 @@ class SharedPrefix:
         with torch.inference_mode():
             cache = model(input_ids=torch.tensor([tokens], device=device), use_cache=True).past_key_values
         self.layers = [(keys, values) for keys, values, *_ in cache]
-        # The same keys and values as (tokens, kv heads, head_dim), the layout of a packed batch.
-        self.packed_layers = [(keys[0].transpose(0, 1).contiguous(), values[0].transpose(0, 1).contiguous())
-                              for keys, values in self.layers]
+
+    @functools.cached_property
+    def packed_layers(self):
+        """The same keys and values as (tokens, kv heads, head_dim), the layout of a packed batch."""
+        return [(keys[0].transpose(0, 1).contiguous(), values[0].transpose(0, 1).contiguous())
+                for keys, values in self.layers]
 
     def strip(self, prompt_ids: list[list[int]]) -> list[list[int]]:
         return [ids[len(self.tokens):] for ids in prompt_ids]
