@@ -293,8 +293,8 @@ FUSION_RUNS = (  # (label, model, variant, budgets, profile): most informative f
     ("fp16", "fp16", "default", "32768,65536", False), ("fp16-rev", "fp16", "default", "65536,32768", False),
     ("fp16", "fp16", "expandable", "32768,65536", False),
     ("int8", "int8", "default", "32768,65536", False), ("int4", "int4", "default", "32768,65536", False),
-    ("int4", "int4", "gptqmodel-alloc", "32768,65536", False), ("fp16", "fp16", "default", "32768", True),
-    ("fp16", "fp16", "fused-add-norm", "32768,65536", False))
+    ("int4", "int4", "gptqmodel-alloc", "32768,65536", False), ("fp16", "fp16", "fused-add-norm", "32768,65536", False),
+    ("fp16", "fp16", "default", "32768", True))
 
 
 def phase_fusion(data: Path, work: Path, env: dict, log: list, result: dict, save, device: str = "cuda",

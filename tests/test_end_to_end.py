@@ -149,11 +149,13 @@ def test_scores_do_not_depend_on_batching(project, tmp_path, batch_size):
     assert outs["auto"] == pytest.approx(outs[batch_size], abs=1e-4)
 
 
+@pytest.mark.parametrize("words", [(" true}", " false}"), (" true", " false")])
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("shared", [False, True])
-def test_multi_token_candidates_sum_log_probs(project, shared, pack):
-    """Words of several tokens: the batched score equals a plain unpadded sum of log-probs, also when the
-    prompts' common prefix runs once through a KV cache, and with the rows packed into one sequence."""
+def test_candidates_score_as_summed_log_probs(project, shared, pack, words):
+    """The batched score equals a plain unpadded sum of log-probs, for words of several tokens and of one (whose
+    score is taken as a difference of logits), also when the prompts' common prefix runs once through a KV cache,
+    and with the rows packed into one sequence."""
     from fraudq import packed
     from fraudq.evaluate import SharedPrefix, score_batch, shared_prefix_tokens
     from fraudq.modelio import inspect_model, load_model, load_tokenizer
@@ -164,8 +166,8 @@ def test_multi_token_candidates_sum_log_probs(project, shared, pack):
     head = "下面是一段对话文本, 请分析对话内容是否有诈骗风险，以json格式输出你的判断结果。\n"
     texts = [head + "甲: 你好", head + "乙: 请转账到安全账户，马上", head + "丙: 好"]
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    candidates = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" true}", " false}")]
-    assert max(map(len, candidates)) > 1
+    candidates = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
+    assert max(map(len, candidates)) == (2 if words[0].endswith("}") else 1)
     prefix = None
     if shared:
         tokens = shared_prefix_tokens(prompts)

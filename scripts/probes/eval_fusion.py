@@ -227,22 +227,31 @@ def timeline_score_batch(real, batches: list):
         start.record()
         values = real(*args, **kwargs)
         end.record()
-        batches.append((len(args[1]), cpu_enter, time.perf_counter(), start, end))
+        batches.append((len(args[1]), cpu_enter, time.perf_counter(), start, end, _allocations()))
         return values
 
     return wrapper
+
+
+def _allocations() -> tuple[int, int, float]:
+    """Device blocks allocated (cudaMalloc), page-locked host blocks allocated, and the time those took (ms) so far:
+    a call that waits for the device inside the driver shows up as a count that grew in a batch with GPU idle."""
+    device = torch.cuda.memory_stats().get("num_device_alloc", -1)
+    host = torch.cuda.host_memory_stats() if hasattr(torch.cuda, "host_memory_stats") else {}
+    return device, host.get("num_host_alloc", -1), host.get("host_alloc_time.total", 0) / 1e3
 
 
 def summarise_timeline(batches: list) -> list[dict]:
     torch.cuda.synchronize()
     cpu0, first = batches[0][1], batches[0][3]
     rows = []
-    for index, (n, cpu_in, cpu_out, start, end) in enumerate(batches):
+    for index, (n, cpu_in, cpu_out, start, end, allocs) in enumerate(batches):
         gap = batches[index - 1][4].elapsed_time(start) if index else 0.0
         rows.append({"rows": n, "cpu_enter_ms": round((cpu_in - cpu0) * 1e3, 1),
                      "cpu_exit_ms": round((cpu_out - cpu0) * 1e3, 1),
                      "gpu_start_ms": round(first.elapsed_time(start), 1), "gpu_ms": round(start.elapsed_time(end), 1),
-                     "gpu_idle_before_ms": round(gap, 1)})
+                     "gpu_idle_before_ms": round(gap, 1), "device_allocs": allocs[0], "host_allocs": allocs[1],
+                     "host_alloc_ms": round(allocs[2], 2)})
     return rows
 
 

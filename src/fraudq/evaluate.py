@@ -114,9 +114,9 @@ class SharedPrefix:
                                             for k, v in self.layers], config=self.config)
 
 
-def forward_logprobs(model, sequences: list[list[int]], keep: int, pad_id: int, device: str,
-                     prefix: SharedPrefix | None = None, packing: str | None = None):
-    """Log-softmax over the vocabulary at the last `keep` positions of each row: (rows, keep, vocab).
+def forward_logits(model, sequences: list[list[int]], keep: int, pad_id: int, device: str,
+                   prefix: SharedPrefix | None = None, packing: str | None = None):
+    """The model's logits at the last `keep` positions of each row: (rows, keep, vocab).
 
     With `prefix`, `sequences` are the rows after it. With `packing` (the kernel packed.enable chose), the rows
     run as one sequence; otherwise left padding sits between the prefix and each row's own tokens, where the
@@ -130,7 +130,7 @@ def forward_logprobs(model, sequences: list[list[int]], keep: int, pad_id: int, 
         with torch.inference_mode(), packed.attention(model):
             logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
                            logits_to_keep=batch.kept, packed=batch).logits
-        return torch.log_softmax(logits.float(), dim=-1).view(len(sequences), keep, -1)
+        return logits.view(len(sequences), keep, -1)
     ids, mask, positions = left_pad(sequences, pad_id, device)
     if prefix is None:
         # No KV cache: filling one for a single forward cost 3x the forward itself at 16k tokens (H100).
@@ -140,9 +140,8 @@ def forward_logprobs(model, sequences: list[list[int]], keep: int, pad_id: int, 
         positions = positions + len(prefix.tokens)
         extra = {"use_cache": True, "past_key_values": prefix.cache_for(len(sequences))}
     with torch.inference_mode():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
-                       **extra).logits
-    return torch.log_softmax(logits.float(), dim=-1)
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
+                     **extra).logits
 
 
 def score_batch(model, prompt_ids: list[list[int]], candidates: list[list[int]], pad_id: int, device: str,
@@ -152,14 +151,18 @@ def score_batch(model, prompt_ids: list[list[int]], candidates: list[list[int]],
     Returns a tensor on the model's device: converting per batch would stop the CPU from queueing the next
     batch while the GPU works.
     """
+    import torch
+
     rows = prefix.strip(prompt_ids) if prefix else prompt_ids
     if all(len(cand) == 1 for cand in candidates):
-        # The usual case (" true" / " false" are one token each): one forward pass serves both words.
-        last = forward_logprobs(model, rows, 1, pad_id, device, prefix, packing)[:, -1, :]
-        return last[:, candidates[0][0]] - last[:, candidates[1][0]]
+        # The usual case (" true" / " false" are one token each): one forward pass serves both words, and the
+        # log-softmax's normaliser is the same for both, so the difference of the two logits is the score.
+        last = forward_logits(model, rows, 1, pad_id, device, prefix, packing)[:, -1, :]
+        return last[:, candidates[0][0]].float() - last[:, candidates[1][0]].float()
     totals = []
     for cand in candidates:
-        logprobs = forward_logprobs(model, [p + cand for p in rows], len(cand) + 1, pad_id, device, prefix, packing)
+        logits = forward_logits(model, [p + cand for p in rows], len(cand) + 1, pad_id, device, prefix, packing)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         # Position j of the kept window predicts cand[j]; the window's last position predicts past the word.
         picked = logprobs[:, : len(cand), :].gather(-1, _column(cand, len(rows), logprobs.device))
         totals.append(picked.squeeze(-1).sum(-1))
