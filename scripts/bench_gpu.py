@@ -263,21 +263,30 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
         run(fraudq("eval", "--model", str(path), "--mode", "generate"), log, env, 240)
         result["evals"][name]["generate"] = eval_summary(read(runs / "eval" / f"{name}.generate.json"))
         save()
-    # The eval levers in the same call, each against the default run above: fp16 without packed rows (the fourth
-    # session's default); int4 under the CUDA allocator settings GPTQModel makes on import (what eval ran under
-    # before fraudq kept the defaults); fp16 at a 65,536-token budget; fp16 on the path before the fourth and
-    # fifth sessions' levers. Optional: skipped when the call's time would run out.
-    levers = (("fp16", "score_padded", {"FRAUDQ_PACK_ROWS": "false"}),
-              ("int4", "score_gptqmodel_alloc", {"PYTORCH_ALLOC_CONF": GPTQMODEL_ALLOC_CONF}),
-              ("fp16", "score_budget_65536", {"FRAUDQ_TOKEN_BUDGET": "65536"}),
+    # The eval levers in the same call, each against the default run above: fp16 with grouped key/value heads
+    # copied before flash attention (as on torch 2.11 until the sixth session; a probe variant, the same
+    # evaluate_model); fp16 at the fifth session's 32,768-token budget; fp16 without packed rows (the fourth
+    # session's default); fp16 on the path before the fourth to sixth sessions' levers. Optional: skipped when the
+    # call's time would run out.
+    levers = (("fp16", "score_repeat_kv", {}, "repeat-kv"),
+              ("fp16", "score_budget_32768", {"FRAUDQ_TOKEN_BUDGET": "32768"}, None),
+              ("fp16", "score_padded", {"FRAUDQ_PACK_ROWS": "false"}, None),
               ("fp16", "score_before_levers", {"FRAUDQ_FUSED_KERNELS": "off", "FRAUDQ_CUDNN_ATTENTION": "true",
-                                               "FRAUDQ_PACK_ROWS": "false"}))
-    for name, key, lever_env in levers:
+                                               "FRAUDQ_PACK_ROWS": "false", "FRAUDQ_TOKEN_BUDGET": "32768"}, None))
+    for name, key, lever_env, variant in levers:
         if time.perf_counter() - started > 500:
             result.setdefault("skipped", []).append(f"{name}:{key}")
             continue
-        out = runs / "eval" / f"{name}-{key}.json"
-        run(fraudq("eval", "--model", str(dict(models)[name]), "--out", str(out)), log, {**env, **lever_env}, 240)
+        path = str(dict(models)[name])
+        if variant:
+            probe_out = runs / "probe"
+            run([sys.executable, str(ROOT / "scripts" / "probes" / "eval_fusion.py"), "--model", path, "--data",
+                 str(data / "test0819.jsonl"), "--out", str(probe_out), "--variant", variant, "--label", name,
+                 "--budgets", str(read(runs / "eval" / f"{name}.json")["batching"]["token_budget"])], log, env, 240)
+            out = next(probe_out.glob(f"{name}-{variant}-*[0-9].json"))
+        else:
+            out = runs / "eval" / f"{name}-{key}.json"
+            run(fraudq("eval", "--model", path, "--out", str(out)), log, {**env, **lever_env}, 240)
         result["evals"][name][key] = eval_summary(read(out))
         result["evals"][name][f"{key}_agreement"] = agreement(runs / "eval" / f"{name}.predictions.jsonl",
                                                               predictions_path(out))

@@ -122,7 +122,7 @@ def merge(phases: dict) -> dict:
 
 LEVER_KEYS = ("samples_per_s", "wall_s", "warmup_s", "fused_kernels", "cudnn_attention", "batching", "f1", "auc")
 LEVERS = ("score_before_levers", "score_no_fused", "generate_before_levers", "score_padded", "score_gptqmodel_alloc",
-          "score_budget_65536")
+          "score_budget_65536", "score_repeat_kv", "score_budget_32768")
 
 
 def eval_levers(speed_evals: dict, quality: dict) -> dict | None:

@@ -57,6 +57,32 @@ def test_the_kernel_check_rejects_a_wrong_causal_alignment_or_scale():
     assert not packed._matches_reference(top_left, *shape)
 
 
+def test_grouped_key_value_heads_are_read_as_they_are_where_the_kernel_allows(monkeypatch):
+    """The kernel is first tried with grouped key/value heads as they are; a torch whose function refuses them falls
+    back to copied heads, and a kernel wrong both ways to the per-row reference. Stand-ins play torch's
+    varlen_attn, called through fraudq's own wrapper."""
+    import torch.nn.attention.varlen as varlen
+
+    def right(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), enable_gqa=False, scale=None):
+        assert window_size == (-1, 0)
+        return packed._per_row(q, k, v, cu_q.tolist(), cu_k.tolist(), scale)
+
+    def refuses_grouped(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), scale=None):
+        if k.shape[1] != q.shape[1]:
+            raise ValueError("Expect query and key/value to have the same number of heads")
+        return right(q, k, v, cu_q, cu_k, max_q, max_k, window_size=window_size, scale=scale)
+
+    def wrong(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), enable_gqa=False, scale=None):
+        return right(q, k, v, cu_q, cu_k, max_q, max_k, window_size=window_size, scale=scale) + 1
+
+    shape = ("cpu", torch.float32, 4, 2, 16, 0.25)
+    for stand_in, kernel in ((right, "varlen"), (refuses_grouped, "varlen-repeat-kv"), (wrong, "per-row")):
+        monkeypatch.setattr(varlen, "varlen_attn", stand_in)
+        packed._varlen.cache_clear()
+        assert packed._first_varlen_kernel(*shape) == kernel
+    packed._varlen.cache_clear()
+
+
 def test_packed_budget_counts_tokens_not_padding():
     lengths = [4, 1, 1, 1]
     assert make_batches(lengths, None, 6) == [[0], [1, 2, 3]]  # padded: rows x longest row

@@ -8,6 +8,7 @@ patches transformers' module globally; compiled graphs stay in the process).
     gptqmodel-alloc  the default under the CUDA allocator settings GPTQModel chooses on import
     expandable the default with the CUDA allocator's expandable segments
     fused-add-norm  the default with each layer's attention residual add fused into the next RMSNorm (liger)
+    repeat-kv  the default with grouped key/value heads copied per query head before flash attention
     before     the third session's path: padded, no fused kernels, cuDNN attention allowed
     eager      no fused kernels, attention without cuDNN
     rmsnorm    eager, with every RMSNorm through torch.nn.functional.rms_norm
@@ -120,6 +121,14 @@ def unchanged(model) -> None:
     pass
 
 
+def repeat_kv(model) -> None:
+    """The default with grouped key/value heads copied to one per query head before the variable-length kernel,
+    as fraudq ran it on torch 2.11 before reading them as they are (sixth session)."""
+    from fraudq import packed
+
+    packed.VARLEN_KERNELS = {"varlen-repeat-kv": True}
+
+
 # name: (config settings, change to the loaded model)
 # CUDA allocator settings per variant: what GPTQModel 7.5.0 sets on import when nothing is set (models/auto.py),
 # which eval ran under before fraudq kept the defaults (modelio.keep_cuda_allocator); and expandable segments
@@ -129,7 +138,7 @@ ALLOCATORS = {"gptqmodel-alloc": "expandable_segments:True,max_split_size_mb:256
 EAGER = {"fused_kernels": "off", "cudnn_attention": False, "pack_rows": False}
 VARIANTS = {"default": ({}, unchanged), "padded": ({"pack_rows": False}, unchanged),
             "no-fused": ({"fused_kernels": "off"}, unchanged), "gptqmodel-alloc": ({}, unchanged),
-            "expandable": ({}, unchanged), "fused-add-norm": ({}, fuse_add_norm),
+            "expandable": ({}, unchanged), "fused-add-norm": ({}, fuse_add_norm), "repeat-kv": ({}, repeat_kv),
             "before": ({"fused_kernels": "off", "cudnn_attention": True, "pack_rows": False}, unchanged),
             "eager": (EAGER, unchanged), "rmsnorm": (EAGER, fuse_rmsnorm), "pointwise": (EAGER, compile_pointwise),
             "liger": ({"fused_kernels": "off", "cudnn_attention": True, "pack_rows": False}, liger),

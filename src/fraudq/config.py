@@ -52,7 +52,7 @@ class Config:
     # [eval]
     mode: str = "score"
     eval_batch_size: str = "auto"
-    token_budget: int = 32768  # tokens per batch when eval_batch_size is "auto"
+    token_budget: int = 65536  # tokens per batch when eval_batch_size is "auto"
     generate_token_budget: int = 262144  # the same for generate mode, whose decode steps cost the same at any batch
     share_prefix: bool = True  # score mode: run the prompt prefix all rows share once, reuse its keys and values
     pack_rows: bool = True  # score mode: a batch's rows as one sequence, no padding (models that allow it)

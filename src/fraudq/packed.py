@@ -27,8 +27,8 @@ def unsupported_reason(model) -> str | None:
 
 
 def enable(model) -> str | None:
-    """Checks that the model accepts `packed_attention`; returns the kernel packed batches will use ("varlen" or
-    "per-row"), or None when the model cannot be packed. The model itself is left as it was."""
+    """Checks that the model accepts `packed_attention`; returns the kernel packed batches will use (a key of
+    VARLEN_KERNELS, or "per-row"), or None when the model cannot be packed. The model itself is left as it was."""
     from transformers import AttentionInterface
 
     if unsupported_reason(model):
@@ -88,8 +88,8 @@ class PackedBatch:
 
     def attend(self, q, k, v, scale: float | None):
         """q (tokens, heads, dim); k, v (keys of every row, kv heads, dim) → (tokens, heads, dim)."""
-        if self.kernel == "varlen":
-            return _varlen()(q, k, v, self.cu_q, self.cu_k, self.max_q, self.max_k, scale)
+        if self.kernel in VARLEN_KERNELS:
+            return _varlen(VARLEN_KERNELS[self.kernel])(q, k, v, self.cu_q, self.cu_k, self.max_q, self.max_k, scale)
         return _per_row(q, k, v, self.starts_q, self.starts_k, scale)
 
 
@@ -134,37 +134,51 @@ def _per_row(q, k, v, starts_q: list[int], starts_k: list[int], scale: float | N
 
 
 @functools.cache
-def _varlen():
-    """torch's variable-length flash attention, called the way this torch version spells causal and GQA."""
+def _varlen(repeat_kv: bool = False):
+    """torch's variable-length flash attention, called the way this torch version spells causal and GQA.
+
+    Flash attention reads grouped key/value heads as they are. `repeat_kv` first copies them to one per query head,
+    for a torch whose function refuses fewer: on the qwen2-1.5b shape those copies took 7 ms of a 168 ms batch
+    (docs/BENCHMARKS.md).
+    """
     from torch.nn.attention.varlen import varlen_attn
 
     params = inspect.signature(varlen_attn).parameters
     # torch 2.10 took is_causal; later versions express causal as window (-1, 0). Either is aligned to the
     # bottom right, as flash attention's is: what a row that follows the prefix needs (checked in _kernel_for).
     causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-    gqa = "enable_gqa" in params
+    gqa = {"enable_gqa": True} if "enable_gqa" in params else {}
 
     def call(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-        if not gqa and k.shape[1] != q.shape[1]:
+        if repeat_kv and k.shape[1] != q.shape[1]:
             k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
-        extra = {"enable_gqa": True} if gqa else {}
-        if scale is not None and "scale" in params:
-            extra["scale"] = scale
-        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **causal, **extra)
+        extra = {"scale": scale} if scale is not None and "scale" in params else {}
+        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **causal, **gqa, **extra)
 
     return call
 
 
+# PackedBatch's kernel name → how _varlen is called; "per-row" is the reference itself.
+VARLEN_KERNELS = {"varlen": False, "varlen-repeat-kv": True}
+
+
 @functools.cache
 def _kernel_for(device: str, dtype, heads: int, kv_heads: int, head_dim: int, scale: float) -> str:
-    """"varlen" where torch's kernel exists and matches the per-row reference on this shape, else "per-row"."""
     if not device.startswith("cuda"):
         return "per-row"
-    try:
-        matches = _matches_reference(_varlen(), device, dtype, heads, kv_heads, head_dim, scale)
-    except (ImportError, RuntimeError, TypeError, ValueError, NotImplementedError):  # e.g. no flash kernel here
-        return "per-row"
-    return "varlen" if matches else "per-row"
+    return _first_varlen_kernel(device, dtype, heads, kv_heads, head_dim, scale)
+
+
+def _first_varlen_kernel(device: str, dtype, heads: int, kv_heads: int, head_dim: int, scale: float) -> str:
+    """The first of VARLEN_KERNELS that exists here and matches the per-row reference on this shape, else
+    "per-row"."""
+    for name, repeat_kv in VARLEN_KERNELS.items():
+        try:
+            if _matches_reference(_varlen(repeat_kv), device, dtype, heads, kv_heads, head_dim, scale):
+                return name
+        except (ImportError, RuntimeError, TypeError, ValueError, NotImplementedError):  # e.g. no flash kernel here
+            continue
+    return "per-row"
 
 
 def _matches_reference(call, device: str, dtype, heads: int, kv_heads: int, head_dim: int, scale: float) -> bool:
