@@ -297,8 +297,8 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
 GPTQMODEL_ALLOC_CONF = "expandable_segments:True,max_split_size_mb:256,garbage_collection_threshold:0.7"
 
 FUSION_RUNS = (  # (label, model, variant, budgets, profile): most informative first, so a call cut short keeps them
-    # Prepared for the sixth session: fp16 score mode is 2% short of 1,500 rows/s with a 32,768-token budget. A
-    # 65,536 budget measured faster in three calls, but always as a process's second run: both orders here.
+    # The sixth session's first call (docs/BENCHMARKS.md): both budgets in both orders, the allocator's counts per
+    # batch in every timeline, GPTQModel's allocator settings isolated; the profile found the copied KV heads.
     ("fp16", "fp16", "default", "32768,65536", False), ("fp16-rev", "fp16", "default", "65536,32768", False),
     ("fp16", "fp16", "expandable", "32768,65536", False),
     ("int8", "int8", "default", "32768,65536", False), ("int4", "int4", "default", "32768,65536", False),
