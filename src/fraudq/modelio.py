@@ -37,8 +37,9 @@ def keep_cuda_allocator() -> None:
     GPTQModel sets PYTORCH_ALLOC_CONF on import when the user has not (expandable segments, no splitting of
     cached blocks over 256 MB, garbage collection at 70%), to quantize in less memory. Under it, int4 eval took
     0.14-0.77 s of CPU to queue each 32k-token forward, most of it inside the GEMMs' CPU side, whose outputs
-    change size with every batch (fp16, which never imports GPTQModel: 0.07-0.09 s); int4 score mode went from
-    ~1,050 to 1,459 rows/s without it (on other boxes: docs/BENCHMARKS.md, fifth session). A setting the user made is
+    change size with every batch (fp16, which never imports GPTQModel: 0.07-0.09 s). In one call (sixth session,
+    docs/BENCHMARKS.md), int4 score mode ran 1,230 rows/s under GPTQModel's settings and 1,457 without them,
+    with 774 device allocations in the run against 14. A setting the user made is
     kept, including one under the older name, which the new one would otherwise override. In a process that
     quantized on CUDA first (the demo), GPTQModel's import set it before this runs, and the allocator has
     started under it: that eval keeps GPTQModel's settings.
