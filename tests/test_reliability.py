@@ -736,6 +736,29 @@ def test_remote_code_needs_flag(project, tmp_path, where):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "m"]
 
 
+@pytest.mark.parametrize("source", ["config-file", "environment"])
+@pytest.mark.parametrize("key", ["trust_remote_code", "allow_pickle"])
+def test_code_running_settings_are_flag_only(project, tmp_path, source, key):
+    """A shared config file or an exported variable never turns on checkpoint code: the marker stays unwritten."""
+    model = copy_model(project, tmp_path)
+    marker = tmp_path / "marker"
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    env = None
+    args = ["load", model]
+    if source == "config-file":
+        shared = tmp_path / "shared.toml"
+        shared.write_text(f"[trust]\n{key} = true\n")
+        args += ["--config", shared]
+    else:
+        env = {"FRAUDQ_" + key.upper(): "1"}
+    flag = "--" + key.replace("_", "-")
+    one_line_error(run_cli(*args, env=env), key, flag, "only with")
+    assert not marker.exists()
+
+
 def test_trust_remote_code_is_off_by_default_everywhere():
     from fraudq.config import Config
 

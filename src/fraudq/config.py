@@ -88,6 +88,15 @@ class Config:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+# Settings that run or unpickle code from a checkpoint: only a flag on the command line turns them on, so a
+# config file shared in a repository, or a variable exported once, can never do it for everyone.
+FLAG_ONLY = {"trust_remote_code": "--trust-remote-code", "allow_pickle": "--allow-pickle"}
+
+
+def _refuse_flag_only(key: str, value: Any, source: str) -> None:
+    if key in FLAG_ONLY and value:
+        raise BadInput(f"{source}: {key} can be turned on only with the {FLAG_ONLY[key]} flag, "
+                       "never from a config file or the environment")
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -120,6 +129,7 @@ def _flatten_toml(data: dict, source: str) -> dict[str, Any]:
             flat.update(_flatten_toml(value, source))
         elif key in FIELD_TYPES:
             flat[key] = _coerce(key, value, source)
+            _refuse_flag_only(key, flat[key], source)
         else:
             raise BadInput(f"{source}: unknown setting '{key}'; run 'fraudq config' to list them")
     return flat
@@ -150,6 +160,7 @@ def from_env(environ: dict[str, str]) -> dict[str, Any]:
         env_key = "FRAUDQ_" + key.upper()
         if env_key in environ:
             values[key] = _coerce(key, environ[env_key], env_key)
+            _refuse_flag_only(key, values[key], env_key)
     return values
 
 
