@@ -57,11 +57,11 @@ def build_calibration(cfg: Config, data: str, out: Path, force: bool = False, sk
     empty = duplicate = 0
     seen: set[str] = set()
     texts: list[str] = []
-    for row in dataset.rows:
-        if is_empty(row):
-            empty += 1
-            continue
-        text = prompts.render(tokenizer, row_messages(row, cfg.instruction), add_generation_prompt=False)
+    kept_rows = [row for row in dataset.rows if not is_empty(row)]
+    empty = len(dataset.rows) - len(kept_rows)
+    rendered = prompts.render_untrusted(tokenizer, [row_messages(row, cfg.instruction) for row in kept_rows],
+                                        add_generation_prompt=False, source=str(info.path))
+    for text in rendered:
         if text in seen:
             duplicate += 1
             continue

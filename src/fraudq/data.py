@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,35 @@ def _parse_row(obj, line: int, fmt: str, where: str, need_label: bool) -> Row:
     return Row(line=line, id=row_id, instruction=instruction, input=dialogue, label=label)
 
 
+# A dialogue is a few KB; a row past this bound is refused before it is parsed, tokenized or held twice.
+MAX_ROW_BYTES = 4 << 20
+
+
+def _lines(path: Path):
+    """The file's rows as text, None for a row past MAX_ROW_BYTES. Only "\n" ends a row: splitlines() would
+    also split at U+2028 or U+0085, which JSON strings may hold."""
+    offset = 0
+    with open(path, "rb") as handle:
+        for line_no in itertools.count(1):
+            raw = handle.readline(MAX_ROW_BYTES + 1)
+            if not raw:
+                return
+            if len(raw) > MAX_ROW_BYTES and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the row in bounded reads
+                    offset += len(raw)
+                    raw = handle.readline(MAX_ROW_BYTES)
+                offset += len(raw)
+                yield None
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BadInput(f"data file {path} is not UTF-8 (byte {offset + exc.start}); "
+                               "re-encode it as UTF-8") from None
+            offset += len(raw)
+            yield text.removeprefix("\ufeff") if line_no == 1 else text
+
+
 def read_jsonl(path: str | Path, need_label: bool = True, skip_invalid: bool = False) -> Dataset:
     """Reads every row; the format (chat or labelled) is taken from the first row.
 
@@ -107,21 +137,16 @@ def read_jsonl(path: str | Path, need_label: bool = True, skip_invalid: bool = F
         raise BadInput(f"data file {path} does not exist")
     if not path.is_file():
         raise BadInput(f"data file {path} is not a file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"data file {path} is not UTF-8 (byte {exc.start}); re-encode it as UTF-8") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
     rows: list[Row] = []
     skipped = 0
     fmt = None
-    # Only "\n" ends a row: splitlines() would also split at U+2028 or U+0085, which JSON strings may hold.
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
+    for line_no, line in enumerate(_lines(path), start=1):
+        if line is not None and not line.strip():
             continue
         where = f"{path}:{line_no}"
         try:
+            if line is None:
+                raise BadInput(f"{where}: the row is longer than {MAX_ROW_BYTES >> 20} MiB; split or shorten it")
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:

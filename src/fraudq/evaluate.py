@@ -243,8 +243,10 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
     tokenizer = load_tokenizer(info, cfg.trust_remote_code)
 
     suffix = cfg.answer_prefix if cfg.mode == "score" else ""
-    texts = [prompts.eval_prompt(tokenizer, r.instruction if r.instruction is not None else cfg.instruction, r.input)
-             + suffix for r in rows]
+    conversations = [prompts.eval_messages(r.instruction if r.instruction is not None else cfg.instruction, r.input)
+                     for r in rows]
+    texts = [text + suffix for text in prompts.render_untrusted(tokenizer, conversations, add_generation_prompt=True,
+                                                                 source=str(info.path))]
     prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     candidates = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in (cfg.true_word, cfg.false_word)]
     if not all(candidates):

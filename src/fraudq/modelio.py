@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +102,9 @@ def inspect_model(
                 f"{model} asks to run custom code from the checkpoint (auto_map in {name}); "
                 "pass --trust-remote-code only if you trust its author"
             )
-    safetensors = sorted(path.glob("*.safetensors"))
+    safetensors = safetensors_files(path)
+    if safetensors:
+        check_claimed_sizes(path, config, safetensors)
     pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not safetensors:
         if pickles and not allow_pickle:
@@ -112,6 +117,87 @@ def inspect_model(
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise BadInput(f"{model} has no tokenizer files (tokenizer.json); save the tokenizer beside the model")
     return ModelInfo(path=path, config=config, quant=quant_config_of(path, config), weight_files=safetensors or pickles)
+
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+# A safetensors header is a few hundred KB even for 70B models; a larger one is refused before it is read.
+MAX_HEADER_BYTES = 64 << 20
+
+
+def _regular_file(file: Path, model: Path) -> Path:
+    """Weights are read from regular files only: a link to a FIFO or a device would block or read forever."""
+    try:
+        mode = os.stat(file).st_mode
+    except OSError as exc:
+        raise BadInput(f"{model}: cannot read {file.name} ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        target = f" (a link to {os.path.realpath(file)})" if file.is_symlink() else ""
+        raise BadInput(f"{model}: {file.name}{target} is not a regular file; weights are read only from regular files")
+    return file
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """Exactly the weight files the loader opens: the index's shards when there is an index, else *.safetensors."""
+    index = path / SAFETENSORS_INDEX
+    if not index.is_file():
+        return [_regular_file(f, path) for f in sorted(path.glob("*.safetensors"))]
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise BadInput(f"{index} has no weight_map; the checkpoint is damaged")
+    shards = []
+    for name in sorted(set(map(str, weight_map.values()))):
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise BadInput(f"{index} names a shard outside the model folder ({name}); shards must sit beside it")
+        if not (path / name).exists():
+            raise BadInput(f"{path}: shard {name}, named in {SAFETENSORS_INDEX}, is missing")
+        shards.append(_regular_file(path / name, path))
+    return shards
+
+
+def safetensors_header(file: Path) -> dict:
+    """The JSON header of one safetensors file, checked against the bytes the file holds."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):
+            raise BadInput(f"{file} is not a valid safetensors file (header length); the checkpoint is damaged")
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, UnicodeDecodeError):
+            raise BadInput(f"{file} is not a valid safetensors file (header); the checkpoint is damaged") from None
+    if not isinstance(header, dict):
+        raise BadInput(f"{file} is not a valid safetensors file (header); the checkpoint is damaged")
+    data_bytes = size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            raise BadInput(f"{file}: tensor {name} lies past the end of the file; the checkpoint is truncated or damaged")
+    return header
+
+
+def check_claimed_sizes(path: Path, config: dict, files: list[Path]) -> None:
+    """config.json's sizes must match what the weights hold, before anything is built from them."""
+    layers: set[int] = set()
+    embedding = None
+    for file in files:
+        for name, entry in safetensors_header(file).items():
+            match = re.search(r"\.layers\.(\d+)\.", name)
+            if match:
+                layers.add(int(match.group(1)))
+            if name.endswith("embed_tokens.weight") and isinstance(entry, dict):
+                embedding = entry.get("shape")
+    text = config.get("text_config", config)
+    claims = {"num_hidden_layers": (text.get("num_hidden_layers"), len(layers) if layers else None)}
+    if isinstance(embedding, list) and len(embedding) == 2:
+        claims["vocab_size"] = (text.get("vocab_size"), embedding[0])
+        claims["hidden_size"] = (text.get("hidden_size"), embedding[1])
+    for key, (claimed, held) in claims.items():
+        if held is not None and claimed is not None and claimed != held:
+            raise BadInput(f"{path}/config.json claims {key} {claimed} but the weights hold {held}; "
+                           "the checkpoint is damaged")
 
 
 def load_tokenizer(info: ModelInfo, trust_remote_code: bool = False):
