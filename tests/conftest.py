@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from fraudq.cli import app
 from fraudq.config import toml_value
-from fraudq.synth import generate_dialogues, write_jsonl
+from fraudq.demo.synth import generate_dialogues, write_jsonl
 
 TRAIN_ROWS = 600
 TEST_ROWS = 160
@@ -64,7 +64,7 @@ def write_config(path: Path, **values) -> Path:
 
 @pytest.fixture(scope="session")
 def project(tmp_path_factory) -> Project:
-    from fraudq.reference import train_reference
+    from fraudq.demo.reference import train_reference
 
     root = tmp_path_factory.mktemp("fraudq")
     rows = generate_dialogues(TRAIN_ROWS + TEST_ROWS, seed=7)

@@ -156,9 +156,9 @@ def test_candidates_score_as_summed_log_probs(project, shared, pack, words):
     """The batched score equals a plain unpadded sum of log-probs, for words of several tokens and of one (whose
     score is taken as a difference of logits), also when the prompts' common prefix runs once through a KV cache,
     and with the rows packed into one sequence."""
-    from fraudq import packed
-    from fraudq.evaluate import SharedPrefix, score_batch, shared_prefix_tokens
-    from fraudq.modelio import inspect_model, load_model, load_tokenizer
+    from fraudq.eval import packed
+    from fraudq.eval.evaluate import SharedPrefix, score_batch, shared_prefix_tokens
+    from fraudq.checkpoint import inspect_model, load_model, load_tokenizer
 
     info = inspect_model(project.model)
     tokenizer = load_tokenizer(info)

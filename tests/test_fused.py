@@ -12,7 +12,7 @@ import torch
 
 from conftest import one_line_error, run_cli
 from fraudq.errors import BadInput
-from fraudq.fused import apply_fused_kernels, attention_backends
+from fraudq.eval.kernels import apply_fused_kernels, attention_backends
 
 
 def test_cpu_eval_records_no_speedups(project, tmp_path):

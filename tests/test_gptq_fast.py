@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import one_line_error, run_cli
-from fraudq.gptq_fast import _Spans, _subset_hessians, calibration_batches, capture_layer_inputs, gptq_solve
+from fraudq.quant.engine import _Spans, _subset_hessians, calibration_batches, capture_layer_inputs, gptq_solve
 
 
 def _quantize_config(bits: int, group_size: int):
@@ -56,7 +56,7 @@ def test_solve_matches_gptqmodel_bit_for_bit(bits, group_size, columns):
 def test_engine_writes_the_library_checkpoint_bit_for_bit_at_one_row_per_batch(quantized, tmp_path):
     """Without padding the forwards are the library's, so every saved tensor must be equal. Rows of three
     dialogues each (~450 tokens): long enough that the CPU BLAS blocks X^T X, where rounding orders part."""
-    from fraudq.synth import generate_dialogues, write_jsonl
+    from fraudq.demo.synth import generate_dialogues, write_jsonl
 
     dialogues = generate_dialogues(48, seed=5)
     rows = [{**first, "input": "\n".join(d["input"] for d in (first, second, third))}
@@ -114,7 +114,7 @@ def test_padding_stays_out_of_the_hessian(project):
     from transformers import AutoModelForCausalLM
 
     from fraudq.calib import read_calibration
-    from fraudq.modelio import inspect_model, load_tokenizer
+    from fraudq.checkpoint import inspect_model, load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(project.model), dtype=torch.float32).eval()
     tokenizer = load_tokenizer(inspect_model(project.model))

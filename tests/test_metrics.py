@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fraudq.metrics import average_precision, average_ranks, confusion, pr_curve, rates, roc_auc
+from fraudq.report.metrics import average_precision, average_ranks, confusion, pr_curve, rates, roc_auc
 
 
 def test_seed_rates_to_five_decimals():

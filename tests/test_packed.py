@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fraudq import packed
+from fraudq.eval import packed
 from fraudq.batching import make_batches
 
 
@@ -132,7 +132,7 @@ def test_packed_eval_scores_every_row_as_the_padded_eval(project, tmp_path, shar
 def test_eval_keeps_the_users_cuda_allocator_or_the_default(monkeypatch, environ, expected):
     """GPTQModel sets its own allocator settings on import unless PYTORCH_ALLOC_CONF is set; eval sets it first
     (the defaults, or what the user set under either name), so GPTQModel's never apply."""
-    from fraudq.modelio import keep_cuda_allocator
+    from fraudq.runtime import keep_cuda_allocator
 
     for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
         monkeypatch.delenv(name, raising=False)

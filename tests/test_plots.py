@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from fraudq.metrics import confusion, rates
-from fraudq.plots import write_plots
-from fraudq.stats import bootstrap_metric_ci
+from fraudq.report.metrics import confusion, rates
+from fraudq.report.plots import write_plots
+from fraudq.report.stats import bootstrap_metric_ci
 
 NAMES = ["bf16", "int8", "int4"]
 SIZES = [16.1e9, 8.9e9, 5.2e9]

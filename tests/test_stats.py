@@ -4,8 +4,8 @@ from math import comb
 import numpy as np
 import pytest
 
-from fraudq.metrics import confusion, rates
-from fraudq.stats import (
+from fraudq.report.metrics import confusion, rates
+from fraudq.report.stats import (
     bootstrap_deltas,
     bootstrap_metric_ci,
     flips,

@@ -12,7 +12,7 @@ from fraudq.atomic import atomic_write_json, atomic_write_text, check_writable
 from fraudq.config import Config
 from fraudq.data import Row, file_sha256, read_jsonl
 from fraudq.errors import BadInput
-from fraudq.modelio import inspect_model, load_tokenizer
+from fraudq.checkpoint import inspect_model, load_tokenizer
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

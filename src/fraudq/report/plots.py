@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # headless: runs over SSH and in CI with no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fraudq.metrics import average_precision, pr_curve  # noqa: E402
+from fraudq.report.metrics import average_precision, pr_curve  # noqa: E402
 
 DPI = 120
 # Okabe-Ito colours, ordered so neighbours also differ in lightness.

@@ -20,7 +20,7 @@ from fraudq.atomic import atomic_write_json, atomic_write_text
 from fraudq.config import build_config, toml_value
 from fraudq.data import file_sha256
 from fraudq.errors import BadInput
-from fraudq.modelio import fingerprint, inspect_model
+from fraudq.checkpoint import fingerprint, inspect_model
 from fraudq.pipeline import read_stamp, run_pipeline, stage_log, write_stamp
 
 MARKER = "demo.json"
@@ -50,7 +50,7 @@ def write_if_changed(path: Path, text: str) -> bool:
 
 
 def make_data(data_dir: Path, train_rows: int, test_rows: int, calib_rows: int) -> dict[str, Path]:
-    from fraudq.synth import generate_dialogues, to_jsonl
+    from fraudq.demo.synth import generate_dialogues, to_jsonl
 
     rows = generate_dialogues(train_rows + test_rows + calib_rows, seed=SEED)
     splits = {"train": rows[:train_rows], "test": rows[train_rows:train_rows + test_rows],
@@ -79,7 +79,7 @@ def train_model(train: Path, model_dir: Path, epochs: float, force: bool, log_fi
 
     # torch and transformers print warnings on import: they go to the log too.
     with stage_log(log_file, append=True):
-        from fraudq.reference import PRESETS, train_reference
+        from fraudq.demo.reference import PRESETS, train_reference
 
         spec = json.dumps(PRESETS[PRESET], sort_keys=True, default=str)
         inputs = {"train": file_sha256(train), "preset": PRESET,

@@ -1,6 +1,6 @@
 """Plot quantize time against calibration rows and against model size from bench_gpu.py's scaling phases.
 
-    python scripts/plot_scaling.py scaling.json [scaling7b.json] --out docs/img
+    python scripts/bench/plot_scaling.py scaling.json [scaling7b.json] --out docs/img
 
 Writes scaling_rows.png (the first preset of the `scaling` phase, one point per row count, with the straight
 line through the origin and the smallest run: growing no faster than that line is growing at most linearly)

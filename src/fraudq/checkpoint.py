@@ -1,4 +1,4 @@
-"""Checking, loading and describing local checkpoints (fp16/bf16/fp32 or GPTQ)."""
+"""Local checkpoints (fp16/bf16/fp32 or GPTQ): inspect without loading, load, fingerprint, describe."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraudq.errors import BadInput, NotAvailable
+from fraudq.errors import BadInput
+from fraudq.runtime import default_dtype, dir_size, resolve_device
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "qwen.tiktoken")
@@ -23,36 +24,6 @@ class ModelInfo:
     config: dict
     quant: dict | None  # bits, group_size, desc_act, sym, checkpoint_format
     weight_files: list[Path]
-
-
-def setup_environment() -> None:
-    """Settings GPTQModel and the hub client read at import time."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    # GPTQModel's CPU pool fails when it asks for more workers than there are cores.
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def keep_cuda_allocator() -> None:
-    """Before eval touches CUDA: stops GPTQModel from choosing the CUDA allocator's settings for it.
-
-    GPTQModel sets PYTORCH_ALLOC_CONF on import when the user has not (expandable segments, no splitting of
-    cached blocks over 256 MB, garbage collection at 70%), to quantize in less memory. Under it, int4 eval took
-    0.14-0.77 s of CPU to queue each 32k-token forward, most of it inside the GEMMs' CPU side, whose outputs
-    change size with every batch (fp16, which never imports GPTQModel: 0.07-0.09 s). In one call (sixth session,
-    docs/BENCHMARKS.md), int4 score mode ran 1,230 rows/s under GPTQModel's settings and 1,457 without them,
-    with 774 device allocations in the run against 14. A setting the user made is
-    kept, including one under the older name, which the new one would otherwise override. In a process that
-    quantized on CUDA first (the demo), GPTQModel's import set it before this runs, and the allocator has
-    started under it: that eval keeps GPTQModel's settings.
-    """
-    if not os.environ.get("PYTORCH_ALLOC_CONF"):
-        os.environ["PYTORCH_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "expandable_segments:False"
-
-
-def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def _read_json(path: Path) -> dict:
@@ -215,36 +186,6 @@ def load_tokenizer(info: ModelInfo, trust_remote_code: bool = False):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def resolve_device(device: str, purpose: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NotAvailable(f"{purpose} asked for CUDA, but this machine has no GPU; pass --device cpu (small models only)")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise BadInput(f"unknown device {device!r}; use cuda or cpu")
-    return device
-
-
-def peak_memory(device: str) -> dict:
-    """Peak resident memory of this process, and peak GPU memory allocated since the last reset."""
-    import resource
-
-    import torch
-
-    peak = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)}
-    if device.startswith("cuda"):
-        peak["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
-    return peak
-
-
-def default_dtype(device: str):
-    import torch
-
-    return torch.float16 if device.startswith("cuda") else torch.float32
 
 
 def load_model(info: ModelInfo, device: str, backend: str = "auto", trust_remote_code: bool = False):

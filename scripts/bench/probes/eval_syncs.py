@@ -3,7 +3,7 @@ torch.cuda.set_sync_debug_mode("warn") around the batches (not the warm-up, not 
 recording the Python stack of every synchronising call, deduplicated. Waits inside the CUDA driver
 (page-locked allocations, module loads) are not reported by that mode; a clean list points there.
 
-    PYTHONPATH=src python scripts/probes/eval_syncs.py --model DIR --data test0819.jsonl --out OUT.json
+    PYTHONPATH=src python scripts/bench/probes/eval_syncs.py --model DIR --data test0819.jsonl --out OUT.json
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-import fraudq.evaluate as evaluate
+import fraudq.eval.evaluate as evaluate
 from fraudq.config import Config
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fraudq.metrics import pr_curve
+from fraudq.report.metrics import pr_curve
 
 METRICS = ("precision", "recall", "f1")
 

@@ -24,7 +24,7 @@ Per budget: rows/s, warm-up, peak memory, and scores against `--baseline` (the d
 second budget runs in the same process: compiled kernels are warm, but its batch shapes are new. `--profile` adds one more run whose
 third batch is profiled: CUDA time per kernel, grouped.
 
-    PYTHONPATH=src python scripts/probes/eval_fusion.py --model DIR --data test0819.jsonl --variant default \
+    PYTHONPATH=src python scripts/bench/probes/eval_fusion.py --model DIR --data test0819.jsonl --variant default \
         --label fp16 --out OUT_DIR [--baseline OUT_DIR/fp16-default-32768.predictions.jsonl] [--profile]
 """
 
@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import fraudq.evaluate as evaluate
+import fraudq.eval.evaluate as evaluate
 from fraudq.config import Config
 
 
@@ -124,7 +124,7 @@ def unchanged(model) -> None:
 def repeat_kv(model) -> None:
     """The default with grouped key/value heads copied to one per query head before the variable-length kernel,
     as fraudq ran it on torch 2.11 before reading them as they are (sixth session)."""
-    from fraudq import packed
+    from fraudq.eval import packed
 
     packed.VARLEN_KERNELS = {"varlen-repeat-kv": True}
 

@@ -1,6 +1,6 @@
-"""Merge the JSON files of scripts/bench_gpu.py's phases into one docs/bench/YYYY-MM-DD-<card>.json.
+"""Merge the JSON files of scripts/bench/bench_gpu.py's phases into one docs/bench/YYYY-MM-DD-<card>.json.
 
-    python scripts/bench_merge.py quality.json speed.json --out docs/bench/2026-11-25-h100-2.json
+    python scripts/bench/bench_merge.py quality.json speed.json --out docs/bench/2026-11-25-h100-2.json
     (the first session's files came from quality.json speed8.json [speed4.json]; the third session's from
     speed.json check.json engines.json scaling.json scaling7b.json hessian_precision.json; the fifth session's
     from speed.json, three fusion.json files (fusion, fusion-2, fusion-3, in call order) and syncs.json)
@@ -97,8 +97,8 @@ def merge(phases: dict) -> dict:
     return {
         "card": first["card"],
         "date": first["date"],
-        "command": "; ".join(f"scripts/bench_gpu.sh {p} $OUT" for p in phases)
-                   + "; python scripts/bench_merge.py <phase json files> --out <this file>",
+        "command": "; ".join(f"scripts/bench/bench_gpu.sh {p} $OUT" for p in phases)
+                   + "; python scripts/bench/bench_merge.py <phase json files> --out <this file>",
         "speed_model": "qwen2-1.5b (random init, Qwen2-1.5B-Instruct shape)",
         "quality_model": "small (8 layers, hidden 512, trained on train.jsonl)",
         "calibration": next((p.get("calib") for p in phases.values() if p.get("calib")), None),

@@ -1,7 +1,7 @@
 """GPU benchmark phases for fraudq, each under 10 minutes, each writing one JSON file.
 
 Every phase runs fraudq's own CLI (`python -m fraudq ...`) as a user would, times it, and gathers the
-reports it wrote. Phases (run one per device call; merge the JSON files with scripts/bench_merge.py):
+reports it wrote. Phases (run one per device call; merge the JSON files with scripts/bench/bench_merge.py):
 
     quality  train the `small` reference classifier on train.jsonl, calib on all of calib0819_chatml.jsonl,
              quantize int8 and int4 with fraudq's engine and with GPTQModel's loop, eval fp16/int8/int4 on
@@ -16,17 +16,17 @@ reports it wrote. Phases (run one per device call; merge the JSON files with scr
     engines  `small` at 4 bits: GPTQModel's loop at batch 32 and 8 against fraudq's engine (default, Hessian
              in 1,024-token products, fp32 Hessian), each quantized and evaluated: per-module losses and
              predictions against the library
-    fusion   score-mode eval variants (scripts/probes/eval_fusion.py: FUSION_RUNS) against the shipped default,
+    fusion   score-mode eval variants (scripts/bench/probes/eval_fusion.py: FUSION_RUNS) against the shipped default,
              fp16, int8 and int4, with a CUDA-event timeline per batch and a kernel profile
     scaling  quantize time against calibration rows (256, 1,024, 2,348 on qwen2-1.5b) and shape (qwen2-0.5b);
-             scaling7b adds the qwen2-7b shape. Plot with scripts/plot_scaling.py
+             scaling7b adds the qwen2-7b shape. Plot with scripts/bench/plot_scaling.py
     speed8   (first session, GPTQModel's loop) eval fp16, quantize int8 at batch 32, eval int8
     speed4   the same for int4
     levers   (first session) a 4-layer slice of the `qwen2-1.5b` shape, quantized int8 by GPTQModel's loop
              once per setting (calibration batch 32/128, true-sequential on/off), evaluated at three token
              budgets
 
-    python scripts/bench_gpu.py --phase quality --data .gpu/data --out $OUT
+    python scripts/bench/bench_gpu.py --phase quality --data .gpu/data --out $OUT
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ import tarfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fraudq.evaluate import predictions_path  # noqa: E402 - after the path to this checkout's fraudq
+from fraudq.eval.evaluate import predictions_path  # noqa: E402 - after the path to this checkout's fraudq
 
 
 def run(args: list[str], log: list, env: dict, timeout: float) -> float:
@@ -65,8 +65,8 @@ def fraudq(*args: str) -> list[str]:
 
 
 def reference(preset: str, out: Path, log: list, env: dict, timeout: float, *args: str, device: str = "cuda") -> None:
-    """Build (or train) a reference model with scripts/train_reference.py, seed 0."""
-    run([sys.executable, str(ROOT / "scripts" / "train_reference.py"), "--preset", preset, "--out", str(out),
+    """Build (or train) a reference model with scripts/bench/train_reference.py, seed 0."""
+    run([sys.executable, str(ROOT / "scripts" / "bench" / "train_reference.py"), "--preset", preset, "--out", str(out),
          "--seed", "0", "--device", device, *args], log, env, timeout)
 
 
@@ -280,7 +280,7 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
         path = str(dict(models)[name])
         if variant:
             probe_out = runs / "probe"
-            run([sys.executable, str(ROOT / "scripts" / "probes" / "eval_fusion.py"), "--model", path, "--data",
+            run([sys.executable, str(ROOT / "scripts" / "bench" / "probes" / "eval_fusion.py"), "--model", path, "--data",
                  str(data / "test0819.jsonl"), "--out", str(probe_out), "--variant", variant, "--label", name,
                  "--budgets", str(read(runs / "eval" / f"{name}.json")["batching"]["token_budget"])], log, env, 240)
             out = next(probe_out.glob(f"{name}-{variant}-*[0-9].json"))
@@ -308,7 +308,7 @@ FUSION_RUNS = (  # (label, model, variant, budgets, profile): most informative f
 
 def phase_fusion(data: Path, work: Path, env: dict, log: list, result: dict, save, device: str = "cuda",
                  preset: str = "qwen2-1.5b", calib_rows: int = 128) -> None:
-    """Score-mode eval variants through scripts/probes/eval_fusion.py (fraudq's own evaluate_model, the loaded
+    """Score-mode eval variants through scripts/bench/probes/eval_fusion.py (fraudq's own evaluate_model, the loaded
     model or the process's settings changed per variant), on the qwen2-1.5b shape in fp16, int8 and int4
     (quantized from a few calibration rows: speed only)."""
     model = work / preset
@@ -316,7 +316,7 @@ def phase_fusion(data: Path, work: Path, env: dict, log: list, result: dict, sav
     runs = work / "runs"
     env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(runs), "FRAUDQ_DEVICE": device}
     out = work / "fusion"
-    probe = [sys.executable, str(ROOT / "scripts" / "probes" / "eval_fusion.py"), "--data",
+    probe = [sys.executable, str(ROOT / "scripts" / "bench" / "probes" / "eval_fusion.py"), "--data",
              str(data / "test0819.jsonl"), "--out", str(out), "--device", device,
              *(["--limit", "100"] if device == "cpu" else [])]
     paths = {"fp16": model, "int8": runs / "int8", "int4": runs / "int4"}

@@ -1,0 +1,1 @@
+"""Stage 3: evaluating a checkpoint on labelled dialogues."""

@@ -1,0 +1,1 @@
+"""Stage 2: GPTQ quantization (GPTQModel's math and format, fraudq's batched scheduler)."""

@@ -1,0 +1,1 @@
+"""Stage 4: reading results files into tables, statistics and plots; never loads a model."""
