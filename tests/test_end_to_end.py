@@ -157,7 +157,7 @@ def test_candidates_score_as_summed_log_probs(project, shared, pack, words):
     score is taken as a difference of logits), also when the prompts' common prefix runs once through a KV cache,
     and with the rows packed into one sequence."""
     from fraudq.eval import packed
-    from fraudq.eval.evaluate import SharedPrefix, score_batch, shared_prefix_tokens
+    from fraudq.eval.scoring import Scorer, SharedPrefix, shared_prefix_tokens
     from fraudq.checkpoint import inspect_model, load_model, load_tokenizer
 
     info = inspect_model(project.model)
@@ -175,7 +175,8 @@ def test_candidates_score_as_summed_log_probs(project, shared, pack, words):
         prefix = SharedPrefix(model, tokens, "cpu")
     packing = packed.enable(model) if pack else None
     assert packing == ("per-row" if pack else None)
-    got = score_batch(model, prompts, candidates, tokenizer.pad_token_id, "cpu", prefix, packing).tolist()
+    scorer = Scorer(model, tokenizer, "cpu", "score", candidates, 16, packing, prefix)
+    got = scorer(prompts).tolist()
     assert model.config._attn_implementation == "sdpa"  # packed attention only inside packed forwards
     for prompt, value in zip(prompts, got):
         totals = []

@@ -393,104 +393,6 @@ def test_half_replaced_results_are_refused(project, tmp_path):
 
 # ---------------------------------------------------------------- 10-11: SIGKILL and Ctrl-C
 
-DRIVER = r'''
-"""Runs each interrupted scenario in its own process: the real CLI, stopped by a real signal at a set point.
-
-torch and transformers are imported once, before any thread exists, and each scenario is a forked child,
-so five runs cost one set of imports. Usage: driver.py RUNS.json CODES.json
-"""
-import json, os, signal, sys, threading, time, traceback
-from pathlib import Path
-
-import torch  # noqa: F401
-import transformers  # noqa: F401
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-
-import fraudq.atomic
-import fraudq.cli
-import fraudq.quant.quantize
-
-assert threading.active_count() == 1, threading.enumerate()
-
-
-def fire(sig):
-    os.kill(os.getpid(), sig)
-    if threading.current_thread() is threading.main_thread():
-        time.sleep(10)  # SIGINT's KeyboardInterrupt is raised here; SIGKILL never gets this far
-
-
-def install(point, sig, argv):
-    real_replace = os.replace
-    if point == "calib-rename":  # the calibration body is written and fsynced, not yet renamed
-        def replace(src, dst):
-            if Path(dst).name == "calib.jsonl":
-                fire(sig)
-            return real_replace(src, dst)
-
-        os.replace = replace
-    elif point == "gptq":  # in the middle of GPTQ: the third solve (gate+up of layer 0) of fraudq's engine
-        from fraudq.quant import engine as gptq_fast
-
-        real_solve, calls = gptq_fast.gptq_solve, []
-
-        def solve(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 3:
-                fire(sig)
-            return real_solve(*args, **kwargs)
-
-        gptq_fast.gptq_solve = solve
-    elif point == "save":  # weights, config and tokenizer saved in the temp folder; report not yet written
-        def dir_size(path):
-            fire(sig)
-
-        fraudq.quant.quantize.dir_size = dir_size
-    elif point == "between-renames":  # old output moved aside, new one not yet renamed in
-        target = Path(argv[0])
-
-        def replace(src, dst):
-            if Path(src).name.startswith(".fraudq-tmp-") and Path(dst) == target:
-                fire(sig)
-            return real_replace(src, dst)
-
-        os.replace = replace
-
-
-def child(point, signame, argv, log):
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    code = 0
-    try:
-        install(point, getattr(signal, signame), argv)
-        if point == "between-renames":  # atomic_dir alone, replacing a complete folder
-            with fraudq.atomic.atomic_dir(argv[0], force=True) as tmp:
-                (tmp / "new.txt").write_text("new")
-        else:
-            sys.argv = ["fraudq", *argv]
-            fraudq.cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001
-        traceback.print_exc()
-        code = 99
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-runs = json.loads(Path(sys.argv[1]).read_text())
-sys.stdout.flush()
-sys.stderr.flush()
-pids = {}
-for name, spec in runs.items():
-    pid = os.fork()
-    if pid == 0:
-        child(*spec)
-    pids[name] = pid
-codes = {name: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for name, pid in pids.items()}
-Path(sys.argv[2]).write_text(json.dumps(codes))
-'''
 
 
 @pytest.fixture(scope="module")
@@ -503,7 +405,7 @@ def interrupted(quantized, tmp_path_factory):
     assert result.exit_code == 0, result.output
     shutil.copytree(quantized.work / "int8", base / "force" / "int8")
     shutil.copytree(quantized.work / "int8", base / "swap" / "int8")
-    for name in ("calib-kill", "calib-int", "gptq-kill"):
+    for name in ("calib-kill", "calib-int", "calib-term", "calib-hup", "gptq-kill"):
         (base / name).mkdir()
     before = {"force": tree_digest(base / "force" / "int8"), "swap": tree_digest(base / "swap" / "int8")}
     quant = ["quantize", *cfg, "--calib", str(small_calib)]
@@ -511,14 +413,16 @@ def interrupted(quantized, tmp_path_factory):
     runs = {  # name: (where it is stopped, signal, CLI arguments)
         "calib-kill": ("calib-rename", "SIGKILL", [*calib, str(base / "calib-kill" / "calib.jsonl")]),
         "calib-int": ("calib-rename", "SIGINT", [*calib, str(base / "calib-int" / "calib.jsonl")]),
+        "calib-term": ("calib-rename", "SIGTERM", [*calib, str(base / "calib-term" / "calib.jsonl")]),
+        "calib-hup": ("calib-rename", "SIGHUP", [*calib, str(base / "calib-hup" / "calib.jsonl")]),
         "gptq-kill": ("gptq", "SIGKILL", [*quant, "--bits", "4", "--out", str(base / "gptq-kill" / "int4")]),
         "save-kill": ("save", "SIGKILL", [*quant, "--bits", "8", "--force", "--out", str(base / "force" / "int8")]),
         "swap-kill": ("between-renames", "SIGKILL", [str(base / "swap" / "int8")]),
     }
     spec = {name: [*run, str(base / f"{name}.log")] for name, run in runs.items()}
     (base / "runs.json").write_text(json.dumps(spec))
-    (base / "driver.py").write_text(DRIVER)
-    done = subprocess.run([sys.executable, str(base / "driver.py"), str(base / "runs.json"), str(base / "codes.json")],
+    driver = Path(__file__).with_name("interrupt_driver.py")
+    done = subprocess.run([sys.executable, str(driver), str(base / "runs.json"), str(base / "codes.json")],
                           cwd=base, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -606,14 +510,18 @@ def test_sigkill_between_renames_restores_previous_output(interrupted, quantized
     assert not leftovers(folder)
 
 
-def test_ctrl_c_exits_130_and_removes_temp_files(interrupted):
-    """A real SIGINT, delivered with the calibration body written and fsynced but not yet renamed."""
+@pytest.mark.parametrize("name, code, word", [("calib-int", 130, "interrupted"), ("calib-term", 143, "SIGTERM"),
+                                              ("calib-hup", 129, "SIGHUP")])
+def test_signals_exit_with_their_code_and_remove_temp_files(interrupted, name, code, word):
+    """A real SIGINT, SIGTERM or SIGHUP, delivered with the calibration body written and fsynced but not yet
+    renamed: one line, exit 128 + the signal, no calibration file and no temporary file left."""
     base, outcomes, _, _ = interrupted
-    code, log = outcomes["calib-int"]
-    assert code == 130, log[-3000:]
-    assert "fraudq: interrupted" in log and "Traceback" not in log
-    assert not (base / "calib-int" / "calib.jsonl").exists()
-    assert not leftovers(base / "calib-int")
+    got, log = outcomes[name]
+    assert got == code, log[-3000:]
+    lines = [line for line in log.splitlines() if line.startswith("fraudq:")]
+    assert len(lines) == 1 and word in lines[0] and "Traceback" not in log, log[-3000:]
+    assert not (base / name / "calib.jsonl").exists()
+    assert not leftovers(base / name)
 
 
 def test_ctrl_c_during_quantize_save_removes_temp_folder(interrupted, quantized, tmp_path, monkeypatch):
@@ -633,23 +541,30 @@ def test_ctrl_c_during_quantize_save_removes_temp_folder(interrupted, quantized,
     assert list((tmp_path / "q").iterdir()) == []
 
 
-def test_ctrl_c_in_eval_exits_130_and_writes_no_results(project, tmp_path, monkeypatch):
-    import fraudq.eval.evaluate
+def eval_directly(project, data: Path, out: Path, batch_size: str, wrap_scorer, log=None) -> dict:
+    """evaluate_model itself, with a stand-in around its Scorer (the seam for injected failures)."""
+    from fraudq.config import build_config
+    from fraudq.eval.evaluate import evaluate_model
 
-    real = fraudq.eval.evaluate.score_batch
+    cfg = build_config(project.config, overrides={"eval_batch_size": batch_size})
+    return evaluate_model(cfg, str(project.model), str(data), out, log=log or (lambda *_: None),
+                          wrap_scorer=wrap_scorer)
+
+
+def test_ctrl_c_in_eval_writes_no_results(project, tmp_path):
     calls = []
 
-    def interrupted_score(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def interrupted(scorer):
+        def run(prompt_ids):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return scorer(prompt_ids)
+        return run
 
-    monkeypatch.setattr(fraudq.eval.evaluate, "score_batch", interrupted_score)
     data = write_rows(tmp_path / "d.jsonl", rows_of(project.test, 8))
-    result = run_cli("eval", "--config", project.config, "--model", project.model, "--data", data,
-                     "--batch-size", "2", "--out", tmp_path / "out" / "r.json")
-    assert result.exit_code == 130 and "interrupted" in result.stderr
+    with pytest.raises(KeyboardInterrupt):
+        eval_directly(project, data, tmp_path / "out" / "r.json", "2", interrupted)
     assert not (tmp_path / "out").exists()
 
 
@@ -670,29 +585,27 @@ def test_ctrl_c_while_renaming_removes_temp_files(project, tmp_path, monkeypatch
 # ---------------------------------------------------------------- 12: out of memory
 
 
-def test_out_of_memory_halves_batch_with_identical_results(project, tmp_path, monkeypatch):
+def test_out_of_memory_halves_batch_with_identical_results(project, tmp_path):
     import torch
-
-    import fraudq.eval.evaluate
 
     data = write_rows(tmp_path / "d.jsonl", rows_of(project.test, 16))
     common = ("eval", "--config", project.config, "--model", project.model, "--data", data)
     small = run_cli(*common, "--batch-size", "2", "--out", tmp_path / "small.json")
     assert small.exit_code == 0, small.output
 
-    real, sizes = fraudq.eval.evaluate.score_batch, []
+    sizes, lines = [], []
 
-    def score_or_oom(model, prompt_ids, *args, **kwargs):
-        sizes.append(len(prompt_ids))
-        if len(prompt_ids) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, prompt_ids, *args, **kwargs)
+    def oom_above_two(scorer):
+        def run(prompt_ids):
+            sizes.append(len(prompt_ids))
+            if len(prompt_ids) > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return scorer(prompt_ids)
+        return run
 
-    monkeypatch.setattr(fraudq.eval.evaluate, "score_batch", score_or_oom)
-    big = run_cli(*common, "--batch-size", "8", "--out", tmp_path / "big.json")
-    assert big.exit_code == 0, big.output
-    assert "out of memory on a batch of 8 rows; retrying as 4 + 4" in big.stdout
-    assert "out of memory on a batch of 4 rows; retrying as 2 + 2" in big.stdout
+    eval_directly(project, data, tmp_path / "big.json", "8", oom_above_two, log=lines.append)
+    assert "out of memory on a batch of 8 rows; retrying as 4 + 4" in lines
+    assert "out of memory on a batch of 4 rows; retrying as 2 + 2" in lines
     assert sizes.count(8) == 2 and sizes.count(4) == 4 and sizes.count(2) == 8
     assert (tmp_path / "big.predictions.jsonl").read_bytes() == (tmp_path / "small.predictions.jsonl").read_bytes()
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("small.json", "big.json"))
@@ -700,19 +613,17 @@ def test_out_of_memory_halves_batch_with_identical_results(project, tmp_path, mo
         assert a[key] == b[key], key
 
 
-def test_out_of_memory_on_one_row_is_reported(project, tmp_path, monkeypatch):
+def test_out_of_memory_on_one_row_is_reported(project, tmp_path):
     import torch
 
-    import fraudq.eval.evaluate
+    def always_oom(scorer):
+        def run(prompt_ids):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return run
 
-    def always_oom(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory")
-
-    monkeypatch.setattr(fraudq.eval.evaluate, "score_batch", always_oom)
     data = write_rows(tmp_path / "d.jsonl", rows_of(project.test, 2))
-    result = run_cli("eval", "--config", project.config, "--model", project.model, "--data", data,
-                     "--batch-size", "2", "--out", tmp_path / "r.json")
-    assert result.exit_code == 1 and "OutOfMemoryError" in result.stderr and "Traceback" not in result.output
+    with pytest.raises(torch.OutOfMemoryError):
+        eval_directly(project, data, tmp_path / "r.json", "2", always_oom)
     assert not (tmp_path / "r.json").exists()
 
 

@@ -6,25 +6,14 @@ reports it wrote. Phases (run one per device call; merge the JSON files with scr
     quality  train the `small` reference classifier on train.jsonl, calib on all of calib0819_chatml.jsonl,
              quantize int8 and int4 with fraudq's engine and with GPTQModel's loop, eval fp16/int8/int4 on
              test0819.jsonl (score mode), compare with plots, equivalence of the two engines, and fp16 in
-             generate mode                                   -> quality figures
+             generate mode
     speed    build the `qwen2-1.5b`-shaped model (random init), calib, quantize int8 and int4 with the
-             default engine, eval fp16/int8/int4 in score and generate mode -> speed figures; then, as
-             time allows, the eval levers against the default (padded rows, GPTQModel's allocator
-             settings, a 65,536-token budget, the third session's path)
-    check    the shipped defaults: `quality` without GPTQModel's loop, `small` on the eval path before the
-             fourth and fifth sessions' levers, qwen2-1.5b fp16 score at two token budgets
-    engines  `small` at 4 bits: GPTQModel's loop at batch 32 and 8 against fraudq's engine (default, Hessian
-             in 1,024-token products, fp32 Hessian), each quantized and evaluated: per-module losses and
-             predictions against the library
-    fusion   score-mode eval variants (scripts/bench/probes/eval_fusion.py: FUSION_RUNS) against the shipped default,
-             fp16, int8 and int4, with a CUDA-event timeline per batch and a kernel profile
+             default engine, eval fp16/int8/int4 in score and generate mode
+    check    `quality` without GPTQModel's loop, and qwen2-1.5b fp16 score at two token budgets
+    engines  `small` at 4 bits: GPTQModel's loop at batch 32 and 8 against fraudq's engine (default, and with an
+             fp32 Hessian), each quantized and evaluated: per-module losses and predictions against the library
     scaling  quantize time against calibration rows (256, 1,024, 2,348 on qwen2-1.5b) and shape (qwen2-0.5b);
              scaling7b adds the qwen2-7b shape. Plot with scripts/bench/plot_scaling.py
-    speed8   (first session, GPTQModel's loop) eval fp16, quantize int8 at batch 32, eval int8
-    speed4   the same for int4
-    levers   (first session) a 4-layer slice of the `qwen2-1.5b` shape, quantized int8 by GPTQModel's loop
-             once per setting (calibration batch 32/128, true-sequential on/off), evaluated at three token
-             budgets
 
     python scripts/bench/bench_gpu.py --phase quality --data .gpu/data --out $OUT
 """
@@ -42,9 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 
-from fraudq.eval.evaluate import predictions_path  # noqa: E402 - after the path to this checkout's fraudq
 
 
 def run(args: list[str], log: list, env: dict, timeout: float) -> float:
@@ -171,23 +158,11 @@ def agreement(a: Path, b: Path) -> dict:
 
 def phase_check(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
     """The shipped defaults, end to end: the quality phase on `small` with fraudq's engine only (the engines
-    phase holds the library comparison); `small` fp16 and int4 again on the eval path before the fourth and
-    fifth sessions' levers (padded rows, no fused kernels, cuDNN attention), for their effect on predictions;
-    then, if time is
-    left, fp16 score mode on the qwen2-1.5b shape at token budgets 32,768 / 65,536 / 32,768."""
+    phase holds the library comparison); then, if time is left, fp16 score mode on the qwen2-1.5b shape at
+    token budgets 32,768 / 65,536 / 32,768."""
     started = time.perf_counter()
     phase_quality(data, work, env, log, result, save, library=False)
-    runs = work / "runs"
-    env = {**env, "FRAUDQ_MODEL": str(work / "small"), "FRAUDQ_WORK_DIR": str(runs),
-           "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
-    before = {"FRAUDQ_FUSED_KERNELS": "off", "FRAUDQ_CUDNN_ATTENTION": "true", "FRAUDQ_PACK_ROWS": "false"}
-    for name, path in (("fp16", work / "small"), ("int4", runs / "int4")):
-        out = runs / "eval" / f"{name}-before-levers.json"
-        run(fraudq("eval", "--model", str(path), "--out", str(out)), log, {**env, **before}, 200)
-        result["models"][name]["score_before_levers"] = eval_summary(read(out))
-        result["models"][name]["before_levers_agreement"] = agreement(runs / "eval" / f"{name}.predictions.jsonl",
-                                                                      predictions_path(out))
-        save()
+    env = {**env, "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
     shutil.rmtree(work / "small", ignore_errors=True)
     model = work / "qwen2-1.5b"
     if time.perf_counter() - started > 420:
@@ -203,42 +178,9 @@ def phase_check(data: Path, work: Path, env: dict, log: list, result: dict, save
         save()
 
 
-def phase_speed_library(bits: int, data: Path, work: Path, env: dict, log: list, generate_limit: int, result: dict,
-                save) -> None:
-    """fp16 evals first and the long quantize after, so a phase cut short still returns its early numbers."""
-    model = work / "qwen2-1.5b"
-    random_init("qwen2-1.5b", model, log, env, 200)
-    save()
-    env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
-           "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl")}
-    runs = work / "runs"
-    result.update({"model": "qwen2-1.5b", "evals": {}})
-
-    def evaluate(name: str, path: str) -> None:
-        run(fraudq("eval", "--model", path), log, env, 240)
-        result["evals"][name] = {"score": eval_summary(read(runs / "eval" / f"{name}.json"))}
-        save()
-        run(fraudq("eval", "--model", path, "--mode", "generate", "--limit", str(generate_limit)), log, env, 240)
-        result["evals"][name]["generate"] = eval_summary(read(runs / "eval" / f"{name}.generate.json"))
-        save()
-
-    if bits == 8:
-        evaluate("fp16", str(model))
-    run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
-    result["calib"] = read(runs / "calib.jsonl.meta.json")["stats"]
-    save()
-    result["quantize_cli_wall_s"] = round(run(fraudq("quantize", "--bits", str(bits), "--engine", "gptqmodel",
-                                                     "--batch-size", "32"),
-                                              log, env, 480), 2)
-    result["quant_report"] = read(runs / f"int{bits}" / "quant_report.json")
-    save()
-    evaluate(f"int{bits}", str(runs / f"int{bits}"))
-
-
 def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save) -> None:
     """The qwen2-1.5b shape through fraudq's CLI as a user runs it: quantize int8 and int4 with the default
     engine, then every model in score mode and in generate mode on all of test0819.jsonl."""
-    started = time.perf_counter()
     model = work / "qwen2-1.5b"
     random_init("qwen2-1.5b", model, log, env, 200)
     env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
@@ -263,78 +205,6 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
         run(fraudq("eval", "--model", str(path), "--mode", "generate"), log, env, 240)
         result["evals"][name]["generate"] = eval_summary(read(runs / "eval" / f"{name}.generate.json"))
         save()
-    # The eval levers in the same call, each against the default run above: fp16 with grouped key/value heads
-    # copied before flash attention (as on torch 2.11 until the sixth session; a probe variant, the same
-    # evaluate_model); fp16 at the fifth session's 32,768-token budget; fp16 without packed rows (the fourth
-    # session's default); fp16 on the path before the fourth to sixth sessions' levers. Optional: skipped when the
-    # call's time would run out.
-    levers = (("fp16", "score_repeat_kv", {}, "repeat-kv"),
-              ("fp16", "score_budget_32768", {"FRAUDQ_TOKEN_BUDGET": "32768"}, None),
-              ("fp16", "score_padded", {"FRAUDQ_PACK_ROWS": "false"}, None),
-              ("fp16", "score_before_levers", {"FRAUDQ_FUSED_KERNELS": "off", "FRAUDQ_CUDNN_ATTENTION": "true",
-                                               "FRAUDQ_PACK_ROWS": "false", "FRAUDQ_TOKEN_BUDGET": "32768"}, None))
-    for name, key, lever_env, variant in levers:
-        if time.perf_counter() - started > 500:
-            result.setdefault("skipped", []).append(f"{name}:{key}")
-            continue
-        path = str(dict(models)[name])
-        if variant:
-            probe_out = runs / "probe"
-            run([sys.executable, str(ROOT / "scripts" / "bench" / "probes" / "eval_fusion.py"), "--model", path, "--data",
-                 str(data / "test0819.jsonl"), "--out", str(probe_out), "--variant", variant, "--label", name,
-                 "--budgets", str(read(runs / "eval" / f"{name}.json")["batching"]["token_budget"])], log, env, 240)
-            out = next(probe_out.glob(f"{name}-{variant}-*[0-9].json"))
-        else:
-            out = runs / "eval" / f"{name}-{key}.json"
-            run(fraudq("eval", "--model", path, "--out", str(out)), log, {**env, **lever_env}, 240)
-        result["evals"][name][key] = eval_summary(read(out))
-        result["evals"][name][f"{key}_agreement"] = agreement(runs / "eval" / f"{name}.predictions.jsonl",
-                                                              predictions_path(out))
-        save()
-
-
-# What GPTQModel 7.5.0 sets on import when PYTORCH_ALLOC_CONF is unset (gptqmodel/models/auto.py).
-GPTQMODEL_ALLOC_CONF = "expandable_segments:True,max_split_size_mb:256,garbage_collection_threshold:0.7"
-
-FUSION_RUNS = (  # (label, model, variant, budgets, profile): most informative first, so a call cut short keeps them
-    # The sixth session's first call (docs/BENCHMARKS.md): both budgets in both orders, the allocator's counts per
-    # batch in every timeline, GPTQModel's allocator settings isolated; the profile found the copied KV heads.
-    ("fp16", "fp16", "default", "32768,65536", False), ("fp16-rev", "fp16", "default", "65536,32768", False),
-    ("fp16", "fp16", "expandable", "32768,65536", False),
-    ("int8", "int8", "default", "32768,65536", False), ("int4", "int4", "default", "32768,65536", False),
-    ("int4", "int4", "gptqmodel-alloc", "32768,65536", False), ("fp16", "fp16", "fused-add-norm", "32768,65536", False),
-    ("fp16", "fp16", "default", "32768", True))
-
-
-def phase_fusion(data: Path, work: Path, env: dict, log: list, result: dict, save, device: str = "cuda",
-                 preset: str = "qwen2-1.5b", calib_rows: int = 128) -> None:
-    """Score-mode eval variants through scripts/bench/probes/eval_fusion.py (fraudq's own evaluate_model, the loaded
-    model or the process's settings changed per variant), on the qwen2-1.5b shape in fp16, int8 and int4
-    (quantized from a few calibration rows: speed only)."""
-    model = work / preset
-    random_init(preset, model, log, env, 200, device=device)
-    runs = work / "runs"
-    env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(runs), "FRAUDQ_DEVICE": device}
-    out = work / "fusion"
-    probe = [sys.executable, str(ROOT / "scripts" / "bench" / "probes" / "eval_fusion.py"), "--data",
-             str(data / "test0819.jsonl"), "--out", str(out), "--device", device,
-             *(["--limit", "100"] if device == "cpu" else [])]
-    paths = {"fp16": model, "int8": runs / "int8", "int4": runs / "int4"}
-    for label, name, variant, budgets, profile in FUSION_RUNS:
-        if not paths[name].exists():
-            if not (runs / "calib.jsonl").exists():
-                run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl"), "--n", str(calib_rows)), log,
-                    env, 120)
-            run(fraudq("quantize", "--bits", name[3:]), log, env, 240)
-        baseline = out / f"{name}-default-32768.predictions.jsonl"
-        try:
-            run([*probe, "--model", str(paths[name]), "--label", label, "--variant", variant, "--budgets", budgets,
-                 "--baseline", str(baseline), "--timeline", *(["--profile"] if profile else [])], log, env, 240)
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # one variant failing must not hide the others
-            result.setdefault("failed", []).append(f"{label}:{variant}: {exc}")
-        summary = out / "eval_fusion.json"
-        result["fusion"] = read(summary) if summary.exists() else {}
-        save()
 
 
 ENGINE_VARIANTS = {  # name: (CLI flags, environment); GPTQModel's loop at batch 32 is the reference.
@@ -343,7 +213,6 @@ ENGINE_VARIANTS = {  # name: (CLI flags, environment); GPTQModel's loop at batch
     "fraudq": ([], {}),
     # X^T X as 1,024-token products summed in fp32: if this matches the library where the default (one TF32
     # product per 16k-token batch) does not, accumulation length is the cause.
-    "fraudq-chunk1024": ([], {"FRAUDQ_HESSIAN_CHUNK_TOKENS": "1024"}),
     "fraudq-fp32-hessian": ([], {"FRAUDQ_HESSIAN_TF32": "false"}),
     "gptqmodel-b8": (["--engine", "gptqmodel", "--batch-size", "8"], {}),
 }
@@ -411,55 +280,13 @@ def parameter_count(model: Path) -> int:
     return total
 
 
-LEVERS = {
-    "b32-seq": ["--engine", "gptqmodel", "--batch-size", "32"],
-    "b128-seq": ["--engine", "gptqmodel", "--batch-size", "128"],
-    "b32-noseq": ["--engine", "gptqmodel", "--batch-size", "32", "--no-true-sequential"],
-    "b128-noseq": ["--engine", "gptqmodel", "--batch-size", "128", "--no-true-sequential"],
-}
-TOKEN_BUDGETS = (16384, 65536, 262144)
-
-
-def phase_levers(data: Path, work: Path, env: dict, log: list, result: dict, save, preset: str, layers: int,
-                 device: str) -> None:
-    """Each variant quantizes the same slice with the same calibration rows, so times and losses compare."""
-    model = work / f"{preset}-{layers}l"
-    random_init(preset, model, log, env, 200, "--layers", str(layers), device=device)
-    env = {**env, "FRAUDQ_MODEL": str(model), "FRAUDQ_WORK_DIR": str(work / "runs"),
-           "FRAUDQ_TEST_DATA": str(data / "test0819.jsonl"), "FRAUDQ_DEVICE": device}
-    runs = work / "runs"
-    run(fraudq("calib", "--data", str(data / "calib0819_chatml.jsonl")), log, env, 120)
-    result.update({"model": f"{preset} ({layers} layers)", "calib": read(runs / "calib.jsonl.meta.json")["stats"],
-                   "variants": {}, "eval_token_budget": {}})
-    save()
-    for name, flags in LEVERS.items():
-        out = runs / f"int8-{name}"
-        run(fraudq("quantize", "--bits", "8", "--out", str(out), *flags), log, env, 240)
-        report = read(out / "quant_report.json")
-        losses = [m["loss"] for m in report["modules"] if m["loss"] is not None]
-        result["variants"][name] = {"flags": flags, "timings": report["timings"], "stages": report.get("stages"),
-                                    "memory": report["memory"], "mean_module_loss": sum(losses) / len(losses)}
-        save()
-    for budget in TOKEN_BUDGETS:
-        for name, path in (("fp16", model), ("int8", runs / "int8-b32-seq")):
-            out = runs / "eval" / f"{name}-budget{budget}.json"
-            run(fraudq("eval", "--model", str(path), "--out", str(out)), log,
-                {**env, "FRAUDQ_TOKEN_BUDGET": str(budget)}, 240)
-            result["eval_token_budget"][f"{name}@{budget}"] = eval_summary(read(out))
-            save()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("quality", "speed", "engines", "check", "scaling", "scaling7b", "fusion",
-                                            "speed8", "speed4", "levers"), required=True)
+    parser.add_argument("--phase", choices=("quality", "speed", "engines", "check", "scaling", "scaling7b"),
+                        required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder with the anti_fraud JSONL files")
     parser.add_argument("--out", type=Path, required=True, help="folder for <phase>.json and artifacts")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fraudq-bench"))
-    parser.add_argument("--generate-limit", type=int, default=1024, help="rows for generate-mode speed")
-    parser.add_argument("--levers-preset", default="qwen2-1.5b", help="levers: the shape to slice (tiny: CPU dry run)")
-    parser.add_argument("--levers-layers", type=int, default=4, help="levers: layers in the slice")
-    parser.add_argument("--levers-device", default="cuda", help="levers: cuda, or cpu for a dry run")
     parser.add_argument("--scaling-presets", default=None,
                         help="scaling: comma-separated presets, rows swept on the first "
                              "(default qwen2-1.5b,qwen2-0.5b; scaling7b: qwen2-7b)")
@@ -494,14 +321,6 @@ def main() -> int:
             rows = [int(n) for n in args.scaling_rows.split(",")]
             phase_scaling(args.data, args.work, env, log, result, save, (args.scaling_presets or default).split(","),
                           rows if args.phase == "scaling" else rows[-1:], args.scaling_device)
-        elif args.phase == "fusion":
-            phase_fusion(args.data, args.work, env, log, result, save, args.scaling_device,
-                         "qwen2-1.5b" if args.scaling_device == "cuda" else "tiny")
-        elif args.phase == "levers":
-            phase_levers(args.data, args.work, env, log, result, save, args.levers_preset, args.levers_layers,
-                         args.levers_device)
-        else:
-            phase_speed_library(int(args.phase[-1]), args.data, args.work, env, log, args.generate_limit, result, save)
         result["ok"] = True
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         result["ok"] = False

@@ -1,4 +1,4 @@
-"""Length-sorted batching, shared by eval and by the GPTQ engine's calibration forwards."""
+"""Length-sorted batching and padding, shared by eval and by the GPTQ engine's calibration forwards."""
 
 from __future__ import annotations
 
@@ -23,3 +23,18 @@ def make_batches(lengths: list[int], batch_size: int | None, token_budget: int,
     if current:
         batches.append(current)
     return batches
+
+
+def pad_rows(sequences: list[list[int]], pad_id: int, left: bool = True):
+    """(ids, mask) of `sequences` padded to one width. Left padding puts every row's last token at the end,
+    so logits_to_keep can cut the lm_head work; the GPTQ engine pads on the right."""
+    import torch
+
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask

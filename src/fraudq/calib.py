@@ -45,10 +45,6 @@ def percentile(sorted_values: list[int], q: float) -> int:
 
 def build_calibration(cfg: Config, data: str, out: Path, force: bool = False, skip_invalid: bool = False,
                       log=print) -> dict:
-    if cfg.max_len < 1:
-        raise BadInput(f"--max-len must be at least 1, got {cfg.max_len}")
-    if cfg.calib_n < 0:
-        raise BadInput(f"--n must be 0 (all rows) or positive, got {cfg.calib_n}")
     check_writable(out, force)
     dataset = read_jsonl(data, need_label=True, skip_invalid=skip_invalid)
     info = inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)

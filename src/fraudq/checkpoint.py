@@ -207,17 +207,11 @@ def load_model(info: ModelInfo, device: str, backend: str = "auto", trust_remote
             use_safetensors=info.weight_files[0].suffix == ".safetensors",
         ).to(device)
         return model.eval()
-    from gptqmodel import BACKEND, GPTQModel
+    from fraudq.quant import gptqmodel_api
 
     chosen = kernel_for(info.quant, device, backend)
-    wrapped = GPTQModel.load(
-        str(info.path),
-        device=device,
-        backend=BACKEND(chosen),
-        dtype=default_dtype(device) if device.startswith("cuda") else torch.bfloat16,  # its CPU kernels need 16-bit
-        trust_remote_code=trust_remote_code,
-    )
-    model = wrapped.model
+    dtype = default_dtype(device) if device.startswith("cuda") else torch.bfloat16  # its CPU kernels need 16-bit
+    model = gptqmodel_api.load_quantized(info.path, device, chosen, dtype, trust_remote_code)
     model.fraudq_kernel = chosen
     return model.eval()
 

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -20,7 +21,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import NoArgsIsHelpError, UsageError
 
 from fraudq.config import build_config
-from fraudq.errors import BadInput
+from fraudq.errors import BadInput, Stopped
 from fraudq.runtime import setup_environment
 
 
@@ -61,20 +62,44 @@ SkipInvalid = Annotated[bool, typer.Option("--skip-invalid", help="Skip bad rows
 Device = Annotated[Optional[str], typer.Option("--device", help="cuda or cpu (default: auto).")]
 
 
+def _raise_stopped(signum, _frame):
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_as_exceptions():
+    """SIGTERM and SIGHUP raise Stopped, unless the parent chose to ignore them (nohup)."""
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, _raise_stopped)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def friendly_errors(command):
-    """Bad input ends in one line and exit 2; Ctrl-C in exit 130; nothing ends in a raw traceback."""
+    """Bad input ends in one line and exit 2; Ctrl-C in exit 130, SIGTERM in 143 and SIGHUP in 129, each after
+    removing what was half-written; nothing ends in a raw traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         setup_environment()
         try:
-            return command(*args, **kwargs)
+            with stop_signals_as_exceptions():
+                return command(*args, **kwargs)
         except BadInput as exc:
             typer.echo(f"fraudq: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("fraudq: interrupted; nothing partial was left behind", err=True)
             raise typer.Exit(130) from None
+        except Stopped as exc:
+            name = signal.Signals(exc.signum).name
+            typer.echo(f"fraudq: stopped by {name}; nothing partial was left behind", err=True)
+            raise typer.Exit(128 + exc.signum) from None
         except typer.Exit:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug in fraudq or a library: one line, details on request
@@ -197,8 +222,9 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                  skip_invalid: SkipInvalid = False, trust_remote_code: TrustRemoteCode = None,
                  allow_pickle: AllowPickle = None, config_file: ConfigFile = None):
     """Evaluate a model: confusion counts, precision, recall, F1, AUC, throughput."""
-    from fraudq.report.compare import results_name
+    from fraudq.console import row_progress
     from fraudq.eval.evaluate import evaluate_model
+    from fraudq.workspace import results_name
 
     cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, share_prefix=share_prefix,
                       pack_rows=pack_rows, fused_kernels=fused_kernels, device=device, backend=backend, test_data=data,
@@ -223,10 +249,10 @@ def compare_command(names: Annotated[list[str], typer.Argument(help="fp16, int8,
                     limit: Annotated[Optional[int], typer.Option("--limit")] = None,
                     device: Device = None, config_file: ConfigFile = None):
     """Compare models against the unquantized baseline, evaluating where no current result exists."""
-    from fraudq.report.compare import compare
+    from fraudq.pipeline import compare_models
 
     cfg = config_from(config_file, model=model, test_data=data, mode=mode, limit=limit, device=device)
-    compare(cfg, names, cfg.test_data or None, out or cfg.work_path / "compare", examples=examples,
+    compare_models(cfg, names, cfg.test_data or None, out or cfg.work_path / "compare", examples=examples,
             plot_dir=plot, log=typer.echo)
 
 
@@ -263,15 +289,6 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Folder for the demo's 
 def require(value, what: str) -> None:
     if not value:
         raise BadInput(f"missing {what}")
-
-
-@contextlib.contextmanager
-def row_progress(desc: str):
-    """A progress bar over rows on stderr, handed to library code as a plain callback."""
-    from tqdm import tqdm
-
-    with tqdm(desc=desc, unit="row", file=sys.stderr, disable=None) as bar:
-        yield bar.update
 
 
 def main() -> None:

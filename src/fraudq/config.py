@@ -41,7 +41,7 @@ class Config:
     true_sequential: bool = True
     static_groups: bool = False
     quant_batch_size: int = 1
-    engine: str = "fraudq"  # fraudq: fraudq's driver around GPTQModel's math; gptqmodel: the library's own loop
+    engine: str = "fraudq"  # fraudq: the batched scheduler around GPTQModel's math; gptqmodel: the library's own loop
     quant_batch_tokens: int = 16384  # fraudq engine: padded calibration tokens per forward
     hessian_tf32: bool = True  # fraudq engine on CUDA: X^T X on TF32 tensor cores (fp16 inputs are exact in TF32)
     # fraudq engine: tokens per X^T X product (longer TF32 chains bias the Hessian: docs/BENCHMARKS.md);
@@ -59,6 +59,7 @@ class Config:
     fused_kernels: str = "auto"  # on CUDA: liger-kernel's RMSNorm and SwiGLU kernels; auto, liger or off
     cudnn_attention: bool = False  # on CUDA: allow cuDNN attention, which builds a plan for every new batch shape
     limit: int = 0  # 0 = all rows
+    threshold: float = 0.0  # score mode: a row is fraud when its margin log P(true) - log P(false) exceeds this
     instruction: str = DEFAULT_INSTRUCTION
     answer_prefix: str = '{"is_fraud":'
     true_word: str = " true"
@@ -88,6 +89,70 @@ class Config:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+
+# Keys that change what a stage produces: recorded beside its output, and compared to judge it stale.
+CALIB_KEYS = ("calib_n", "max_len", "seed", "instruction")
+QUANT_KEYS = ("group_size", "damp", "desc_act", "sym", "true_sequential", "static_groups", "quant_batch_size",
+              "engine", "quant_batch_tokens", "hessian_tf32", "hessian_chunk_tokens")
+# compare refuses to mix results that differ here.
+PROMPT_KEYS = ("mode", "instruction", "answer_prefix", "true_word", "false_word", "max_new_tokens", "limit")
+
+# The flag that sets each key, where it differs from --key-with-dashes; messages name what the user typed.
+FLAGS = {"calib_n": "--n", "quant_batch_size": "--batch-size", "eval_batch_size": "--batch-size",
+         "quant_batch_tokens": "--batch-tokens"}
+CHOICES = {
+    "mode": ("score", "generate"),
+    "engine": ("fraudq", "gptqmodel"),
+    "fused_kernels": ("auto", "liger", "off"),
+    "backend": ("auto", "torch", "triton", "marlin", "exllama_v2", "torch_int8"),
+}
+# (lowest, highest) allowed, inclusive; None = unbounded. damp is checked apart: it is open at both ends.
+RANGES = {
+    "calib_n": (0, None), "max_len": (1, None), "quant_batch_size": (1, None), "quant_batch_tokens": (1, None),
+    "hessian_chunk_tokens": (0, None), "token_budget": (1, None), "generate_token_budget": (1, None),
+    "limit": (0, None), "max_new_tokens": (1, None),
+}
+
+
+def flag(key: str) -> str:
+    return FLAGS.get(key, "--" + key.replace("_", "-"))
+
+
+def eval_batch_rows(value: str) -> int | None:
+    """eval_batch_size as rows per batch; None means automatic: batches filled up to the token budget."""
+    if str(value).lower() == "auto":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise BadInput(f"--batch-size must be a positive integer or 'auto', got {value!r}")
+    return size
+
+
+def validate(cfg: "Config") -> None:
+    """Every allowed value and range, checked once when the config is built, whatever set it."""
+    for key, allowed in CHOICES.items():
+        value = getattr(cfg, key)
+        if key == "backend":
+            value = value.removeprefix("gptq_")
+        if value not in allowed:
+            raise BadInput(f"{flag(key)} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+    for key, (low, high) in RANGES.items():
+        value = getattr(cfg, key)
+        if (low is not None and value < low) or (high is not None and value > high):
+            bound = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise BadInput(f"{flag(key)} must be {bound}, got {value}")
+    if not 0 < cfg.damp < 1:
+        raise BadInput(f"--damp must be between 0 and 1 (exclusive), got {cfg.damp}")
+    if cfg.group_size != -1 and cfg.group_size <= 0:
+        raise BadInput(f"--group-size must be -1 or a positive divisor of the layer widths, got {cfg.group_size}")
+    if cfg.engine == "fraudq" and (cfg.desc_act or cfg.static_groups):
+        raise BadInput("--desc-act and --static-groups need --engine gptqmodel; fraudq's engine does plain GPTQ order")
+    if cfg.threshold != cfg.threshold or abs(cfg.threshold) == float("inf"):
+        raise BadInput(f"--threshold must be a finite number, got {cfg.threshold}")
+    eval_batch_rows(cfg.eval_batch_size)
 # Settings that run or unpickle code from a checkpoint: only a flag on the command line turns them on, so a
 # config file shared in a repository, or a variable exported once, can never do it for everyone.
 FLAG_ONLY = {"trust_remote_code": "--trust-remote-code", "allow_pickle": "--allow-pickle"}
@@ -176,5 +241,7 @@ def build_config(
     values.update(from_env(dict(os.environ) if environ is None else environ))
     for key, value in (overrides or {}).items():
         if value is not None:
-            values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
-    return Config(**values)
+            values[key] = _coerce(key, value, flag(key))
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg

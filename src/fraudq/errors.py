@@ -9,3 +9,12 @@ class BadInput(Exception):
 
 class NotAvailable(BadInput):
     """A resource the run needs is missing on this machine (no GPU, say)."""
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP (docker stop, systemd, a batch scheduler, a closed terminal), raised where the program
+    is so clean-up runs as for Ctrl-C. A BaseException, like KeyboardInterrupt, so no `except Exception` eats it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -14,139 +14,73 @@ then reruns only if the rerun changed its artifact's bytes (quantizing twice on 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import fraudq
-from fraudq.atomic import atomic_write_json
+from fraudq.atomic import atomic_write_json, atomic_write_text
 from fraudq.calib import build_calibration, meta_path
-from fraudq.report.compare import compare, gather, log_examples, log_table, pick_baseline, resolve, stale_reasons
-from fraudq.config import Config
+from fraudq.checkpoint import fingerprint, inspect_model
+from fraudq.config import CALIB_KEYS, QUANT_KEYS, Config
+from fraudq.console import stage_log
 from fraudq.data import file_sha256, read_jsonl
 from fraudq.errors import BadInput
-from fraudq.eval.evaluate import evaluate_model, predictions_path
-from fraudq.checkpoint import fingerprint, inspect_model
-from fraudq.quant.quantize import QUANT_KEYS, quantize_model
+from fraudq.eval.evaluate import evaluate_model
+from fraudq.eval.results import predictions_path, read_results
+from fraudq.quant.quantize import quantize_model
+from fraudq.report.compare import Loaded, build_table, check_comparable, pick_baseline, write_compare_plots
+from fraudq.report.render import log_examples, log_table, to_markdown
+from fraudq.workspace import Hashes, resolve, stale_reasons, stamp_reasons, write_stamp
 
 BITS = (8, 4)
 MODELS = ("fp16", *(f"int{b}" for b in BITS))
 STAGES = ("calib", *(f"quantize-int{b}" for b in BITS), *(f"eval-{m}" for m in MODELS), "compare")
-CALIB_KEYS = ("calib_n", "max_len", "seed", "instruction")
 
 
-def stamp_path(artifact: Path) -> Path:
-    return artifact.with_name(artifact.name + ".stamp.json")
+def gather(cfg: Config, names: list[str], data: str | None, log=print) -> list[Loaded]:
+    """The named models' current results, evaluating those whose stored result is missing or stale."""
+    if not names:
+        raise BadInput("name at least one model to compare, e.g. 'fraudq compare int8 int4 fp16'")
+    if len(set(names)) != len(names):
+        raise BadInput("each model may be named once")
+    entries = [resolve(cfg, n) for n in names]
+    needs_eval = [e for e in entries if e.model_path is not None]
+    if needs_eval and not data:
+        raise BadInput("compare needs the test data: pass --data FILE.jsonl or set test_data in the config")
+    data_sha = file_sha256(Path(data)) if needs_eval and Path(data).is_file() else None
+    loaded = []
+    for entry in entries:
+        if entry.model_path is not None:
+            model_fingerprint = fingerprint(inspect_model(entry.model_path, cfg.trust_remote_code, cfg.allow_pickle))
+            if stale_reasons(cfg, entry, data_sha, model_fingerprint):
+                log(f"evaluating {entry.name} ({entry.model_path}): no current result")
+                evaluate_model(cfg, str(entry.model_path), data, entry.results_path, log=log,
+                               model_fingerprint=model_fingerprint)
+        result, predictions = read_results(entry.results_path)
+        loaded.append((entry.name, result, predictions))
+    check_comparable(loaded)
+    return loaded
 
 
-def read_stamp(artifact: Path) -> dict | None:
-    try:
-        stamp = json.loads(stamp_path(artifact).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return stamp if isinstance(stamp, dict) else None
 
 
-def write_stamp(artifact: Path, stage: str, inputs: dict, output: str) -> None:
-    atomic_write_json(stamp_path(artifact), {"stage": stage, "fraudq": fraudq.__version__, "inputs": inputs,
-                                             "output_sha256": output})
-
-
-def stamp_reasons(artifact: Path, inputs: dict, output: Callable[[], str | None]) -> list[str]:
-    """[] when the stamp beside `artifact` vouches for these inputs and the artifact is still what it made."""
-    stamp = read_stamp(artifact)
-    if stamp is None:
-        return ["no stamp"]
-    recorded = stamp.get("inputs") or {}
-    changed = [key for key in inputs if recorded.get(key) != inputs[key]]
-    if changed:
-        return [f"{', '.join(changed)} changed"]
-    current = output()
-    if current is None:
-        return ["output missing"]
-    if current != stamp.get("output_sha256"):
-        return ["output changed since it was stamped"]
-    return []
-
-
-class Hashes:
-    """Content hashes, each computed once per run and forgotten when a stage rewrites the file."""
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.cache: dict[tuple[str, Path], str | None] = {}
-
-    def _get(self, kind: str, path: Path, compute):
-        key = (kind, Path(path).resolve())
-        if key not in self.cache:
-            self.cache[key] = compute()
-        return self.cache[key]
-
-    def file(self, path: Path) -> str | None:
-        return self._get("file", path, lambda: file_sha256(path) if Path(path).is_file() else None)
-
-    def model(self, path: Path) -> str | None:
-        def compute():
-            if not (Path(path) / "config.json").is_file():
-                return None
-            try:
-                return fingerprint(inspect_model(path, self.cfg.trust_remote_code, self.cfg.allow_pickle))
-            except BadInput:
-                return None
-
-        return self._get("model", path, compute)
-
-    def forget(self, path: Path) -> None:
-        resolved = Path(path).resolve()
-        self.cache = {k: v for k, v in self.cache.items() if k[1] != resolved}
-
-
-class _Chatter(io.TextIOBase):
-    """Where library output (GPTQModel's tables, HF progress bars) goes while a stage runs: the stage's log.
-
-    Loggers that grabbed this stream during a stage keep it; outside a stage it writes to the real stderr.
-    """
-
-    sink = None
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
-
-    def write(self, text: str) -> int:
-        target = self.sink or sys.__stderr__
-        if target is not None:
-            target.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        target = self.sink or sys.__stderr__
-        if target is not None:
-            target.flush()
-
-
-_CHATTER = _Chatter()
-
-
-@contextlib.contextmanager
-def stage_log(log_file: Path, append: bool = False):
-    """Sends stdout and stderr (GPTQModel's tables, HF progress bars, import warnings) to a file."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    previous = _CHATTER.sink
-    with open(log_file, "a" if append else "w", encoding="utf-8") as sink:
-        _CHATTER.sink = sink
-        try:
-            with contextlib.redirect_stdout(_CHATTER), contextlib.redirect_stderr(_CHATTER):
-                yield
-        finally:
-            _CHATTER.sink = previous
+def compare_models(cfg: Config, names: list[str], data: str | None, out_dir: Path, examples: int = 0,
+                   plot_dir: Path | None = None, log=print) -> dict:
+    """`fraudq compare`: current results for every named model, then compare.json, compare.md and the table."""
+    loaded = gather(cfg, names, data, log)
+    table = build_table(loaded, cfg.seed)
+    if plot_dir is not None:
+        table["plots"] = [str(p) for p in write_compare_plots(loaded, table["models"], table["baseline"], plot_dir)]
+    atomic_write_json(out_dir / "compare.json", table)
+    atomic_write_text(out_dir / "compare.md", to_markdown(table, out_dir))
+    log_table(table, log)
+    if examples:
+        log_examples(loaded, pick_baseline(loaded), examples, data, log)
+    log(f"written to {out_dir / 'compare.json'} and {out_dir / 'compare.md'}")
+    return table
 
 
 @dataclasses.dataclass
@@ -210,7 +144,7 @@ def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
         def run_eval(log, progress, name=name):
             current = entry(name)
             evaluate_model(cfg, str(current.model_path), cfg.test_data, current.results_path, log=log,
-                           progress=progress)
+                           progress=progress, model_fingerprint=hashes.model(current.model_path))
             hashes.forget(current.results_path)
             hashes.forget(predictions_path(current.results_path))
 
@@ -228,8 +162,8 @@ def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
 
     def run_compare(log, _progress):
         inputs = compare_inputs()
-        compare(cfg, list(MODELS), cfg.test_data, compare_dir, examples=examples, plot_dir=compare_dir / "plots",
-                log=log)
+        compare_models(cfg, list(MODELS), cfg.test_data, compare_dir, examples=examples,
+                       plot_dir=compare_dir / "plots", log=log)
         hashes.forget(compare_dir / "compare.json")
         write_stamp(compare_dir, "compare", inputs, compare_output())
 

@@ -126,7 +126,12 @@ def render_untrusted(tokenizer, conversations: list[list[dict]], add_generation_
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child leaves through os._exit
             _render_in_child(tokenizer, conversations, add_generation_prompt, seconds, result_path)
-        _, status = os.waitpid(pid, 0)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except BaseException:  # Ctrl-C or a stop signal while the child renders: it must not outlive us
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
         if os.WIFSIGNALED(status):
             if os.WTERMSIG(status) == signal.SIGALRM:
                 raise BadInput(f"the chat template of {source} ran longer than {seconds:.0f} s on "

@@ -21,7 +21,9 @@ from fraudq.config import build_config, toml_value
 from fraudq.data import file_sha256
 from fraudq.errors import BadInput
 from fraudq.checkpoint import fingerprint, inspect_model
-from fraudq.pipeline import read_stamp, run_pipeline, stage_log, write_stamp
+from fraudq.console import stage_log
+from fraudq.pipeline import run_pipeline
+from fraudq.workspace import read_stamp, write_stamp
 
 MARKER = "demo.json"
 TRAIN_ROWS, TEST_ROWS, CALIB_ROWS = 400, 200, 64

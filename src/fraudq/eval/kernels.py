@@ -1,4 +1,4 @@
-"""Eval forward speed-ups on CUDA, both measured on an H100 (docs/BENCHMARKS.md, fourth session).
+"""Eval forward speed-ups on CUDA (measured in docs/BENCHMARKS.md; reasons in docs/DESIGN.md).
 
 - Fused elementwise kernels from liger-kernel (RMSNorm, SiLU * up, and the rotary embedding of one-sequence
   forwards; one Triton kernel each): in eager mode these ops ran as many small kernels per layer, nearly half
@@ -12,26 +12,38 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 
 from fraudq.errors import BadInput
 
-FUSED_KERNELS = ("auto", "liger", "off")
-
-
 def check_choice(choice: str, device: str) -> None:
-    """Before the model loads: a bad value, or liger where it cannot run."""
-    if choice not in FUSED_KERNELS:
-        raise BadInput(f"fused_kernels must be one of {', '.join(FUSED_KERNELS)}, got {choice!r}")
+    """Before the model loads: liger where it cannot run (config.validate checked the value itself)."""
     if choice == "liger" and not device.startswith("cuda"):
         raise BadInput(f"fused_kernels = liger needs a CUDA device, not {device}; use auto or off")
+
+
+@contextlib.contextmanager
+def fused_kernels(model, choice: str, device: str):
+    """Within: the model's elementwise ops are liger-kernel's; yields "liger", or None if nothing changed.
+
+    Liger swaps classes and functions in the model's transformers module, process-wide, and the rotary patch
+    below replaces one more; every name of that module is put back on exit, so later models are untouched.
+    """
+    modeling = sys.modules.get(type(model).__module__)
+    saved = dict(vars(modeling)) if modeling is not None else {}
+    try:
+        yield apply_fused_kernels(model, choice, device)
+    finally:
+        for name, value in saved.items():
+            if getattr(modeling, name, None) is not value:
+                setattr(modeling, name, value)
 
 
 def apply_fused_kernels(model, choice: str, device: str) -> str | None:
     """Patches the loaded model's elementwise ops with liger-kernel's; returns "liger", or None if nothing changed.
 
     "auto" uses them on CUDA when liger-kernel is installed and knows the architecture; "liger" insists.
-    Liger also swaps the RMSNorm and MLP classes in transformers' module for its own, process-wide: models built
-    later in the same process get them too (fraudq evaluates after it quantizes, never before).
+    Use it through `fused_kernels`, which undoes the module-level patches.
     """
     check_choice(choice, device)
     if choice == "off" or not device.startswith("cuda"):
@@ -63,8 +75,6 @@ def _rotary_for_single_sequences(model) -> None:
     """liger's rotary kernel for one-sequence forwards (packed score batches, the shared prefix), the model's
     own rotary code for the rest. The kernel takes the batch size as a compile-time constant, so padded batches
     and generate's decode steps would compile it again for every new row count; a packed batch is always one."""
-    import sys
-
     modeling = sys.modules.get(type(model).__module__)
     own = getattr(modeling, "apply_rotary_pos_emb", None)
     if own is None or getattr(own, "fraudq_single_sequence", False):

@@ -1,6 +1,6 @@
 """GPTQ with GPTQModel's math and checkpoint format, written atomically with a report beside the checkpoint.
 
-Two engines: fraudq's own scheduling of the work (gptq_fast.py, the default) or GPTQModel's own loop.
+Two engines: fraudq's batched scheduler (engine.py, the default) or GPTQModel's own loop.
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ from pathlib import Path
 
 from fraudq.atomic import atomic_dir, atomic_write_json, check_writable
 from fraudq.calib import read_calibration, tokenizer_fingerprint
-from fraudq.config import Config
+from fraudq.config import QUANT_KEYS, Config
 from fraudq.errors import BadInput
 from fraudq.checkpoint import inspect_model, load_tokenizer
+from fraudq.quant import gptqmodel_api
+from fraudq.quant.engine import quantize_layers
 from fraudq.runtime import dir_size, peak_memory, resolve_device
 
 VALID_BITS = (2, 3, 4, 8)
-# Settings that change the quantized weights: recorded in quant_report.json and in `fraudq run`'s stamps.
-QUANT_KEYS = ("group_size", "damp", "desc_act", "sym", "true_sequential", "static_groups", "quant_batch_size",
-              "engine", "quant_batch_tokens", "hessian_tf32", "hessian_chunk_tokens")
-ENGINES = ("fraudq", "gptqmodel")
 
 
 def linear_in_features(config: dict) -> dict[str, int]:
@@ -36,24 +34,11 @@ def linear_in_features(config: dict) -> dict[str, int]:
 
 
 def validate_settings(cfg: Config, bits: int, model_config: dict) -> None:
+    """What the config alone cannot check: the bit width, and the group size against this model's widths."""
     if bits not in VALID_BITS:
         raise BadInput(f"--bits must be one of {', '.join(map(str, VALID_BITS))}, got {bits}")
-    if not 0 < cfg.damp < 1:
-        raise BadInput(f"--damp must be between 0 and 1 (exclusive), got {cfg.damp}")
-    if cfg.quant_batch_size < 1:
-        raise BadInput(f"--batch-size must be at least 1, got {cfg.quant_batch_size}")
-    if cfg.engine not in ENGINES:
-        raise BadInput(f"--engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
-    if cfg.engine == "fraudq" and (cfg.desc_act or cfg.static_groups):
-        raise BadInput("--desc-act and --static-groups need --engine gptqmodel; fraudq's engine does plain GPTQ order")
-    if cfg.quant_batch_tokens < 1:
-        raise BadInput(f"--batch-tokens must be at least 1, got {cfg.quant_batch_tokens}")
-    if cfg.hessian_chunk_tokens < 0:
-        raise BadInput(f"hessian_chunk_tokens must be 0 (one product per batch) or positive, got {cfg.hessian_chunk_tokens}")
     if cfg.group_size == -1:
         return
-    if cfg.group_size <= 0:
-        raise BadInput(f"--group-size must be -1 or a positive divisor of the layer widths, got {cfg.group_size}")
     try:
         widths = linear_in_features(model_config)
     except KeyError as exc:
@@ -64,13 +49,12 @@ def validate_settings(cfg: Config, bits: int, model_config: dict) -> None:
 
 
 def _versions() -> dict:
-    import gptqmodel
     import torch
     import transformers
 
     import fraudq
 
-    return {"fraudq": fraudq.__version__, "gptqmodel": gptqmodel.__version__, "torch": torch.__version__,
+    return {"fraudq": fraudq.__version__, "gptqmodel": gptqmodel_api.version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
@@ -88,42 +72,27 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
         raise BadInput(f"{calib_path} was tokenized with another tokenizer; rebuild it with 'fraudq calib --model {info.path}'")
 
     import torch
-    from gptqmodel import GPTQModel, QuantizeConfig
-    from gptqmodel.looper import loop_processor
 
-    quant_config = QuantizeConfig(
-        bits=bits,
-        group_size=cfg.group_size,
-        damp_percent=cfg.damp,  # GPTQModel's default is 0.05; the seed used 0.01
-        desc_act=cfg.desc_act,
-        sym=cfg.sym,
-        true_sequential=cfg.true_sequential,
-        static_groups=cfg.static_groups,
-        act_group_aware=False,  # the seed's plain GPTQ order; GPTQModel would otherwise reorder groups
-        offload_to_disk=False,  # keeps the run in memory and no temp path lands in the saved config
-        device=device,
-    )
-    if cfg.engine == "fraudq" and device.startswith("cuda"):
-        quant_config.pack_impl = "gpu"  # GPTQModel's own GPU packer; create + CPU pack took ~38 s on the 1.5B model
+    quant_config = gptqmodel_api.quantize_config(
+        bits, cfg.group_size, cfg.damp, cfg.desc_act, cfg.sym, cfg.true_sequential, cfg.static_groups, device,
+        gpu_packer=cfg.engine == "fraudq" and device.startswith("cuda"))
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     timings = {}
-    with atomic_dir(out, force) as tmp, tempfile.TemporaryDirectory() as scratch:
-        # GPTQModel writes per-module logs into ./logs of whatever folder the user is in; keep them out.
-        loop_processor._PROJECT_LOG_DIR = Path(scratch)
+    with atomic_dir(out, force) as tmp, tempfile.TemporaryDirectory() as scratch, gptqmodel_api.logs_in(scratch):
         start = time.perf_counter()
-        model = GPTQModel.load(str(info.path), quant_config, trust_remote_code=cfg.trust_remote_code)
+        model = gptqmodel_api.load_for_quantization(info.path, quant_config, cfg.trust_remote_code)
         timings["load_s"] = time.perf_counter() - start
         start = time.perf_counter()
         if cfg.engine == "fraudq":
-            engine_result = _run_fraudq_engine(model, token_ids, cfg, device, tokenizer)
+            engine_result = run_fast_engine(model, token_ids, cfg, device, tokenizer)
         else:
-            calibration = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in token_ids]
-            quant_log = model.quantize(calibration, batch_size=cfg.quant_batch_size, tokenizer=tokenizer)
-            engine_result = {"stages": stage_timings(model), "modules": module_rows(quant_log), "batching": None}
+            quant_log = gptqmodel_api.quantize_with_library_loop(model, token_ids, cfg.quant_batch_size, tokenizer)
+            engine_result = {"stages": gptqmodel_api.stage_timings(model), "modules": module_rows(quant_log),
+                             "batching": None}
         timings["quantize_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        model.save(str(tmp))
+        gptqmodel_api.save(model, tmp)
         tokenizer.save_pretrained(str(tmp))
         timings["save_s"] = time.perf_counter() - start
         timings["total_s"] = sum(timings.values())
@@ -150,19 +119,13 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
     return report
 
 
-def _run_fraudq_engine(model, token_ids, cfg: Config, device: str, tokenizer) -> dict:
-    """GPTQModel's `quantize` with its calibration loop replaced by fraudq's driver (see gptq_fast.py).
-
-    Going through `quantize` keeps the library's own kernel selection and bookkeeping around the loop.
-    """
-    from gptqmodel.quantization.config import METHOD
+def run_fast_engine(model, token_ids, cfg: Config, device: str, tokenizer) -> dict:
+    """fraudq's batched scheduler (engine.py) in place of GPTQModel's calibration loop."""
     from tqdm import tqdm
-
-    from fraudq.quant.engine import quantize_layers
 
     result = {}
 
-    def driver(**_ignored):
+    def driver():
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         with tqdm(desc="GPTQ layers", unit="layer", leave=False) as bar:
             def progress(done, total):
@@ -172,21 +135,9 @@ def _run_fraudq_engine(model, token_ids, cfg: Config, device: str, tokenizer) ->
             result.update(quantize_layers(model, token_ids, model.quantize_config, device, cfg.quant_batch_tokens,
                                           cfg.hessian_tf32, pad_id, progress=progress,
                                           chunk_tokens=cfg.hessian_chunk_tokens))
-        model.quantized = True
-        model.quantize_config.method = METHOD.GPTQ
-        return {}
 
-    model._quantize_with_calibration = driver
-    model.quantize([{"input_ids": ids} for ids in token_ids[:1]], tokenizer=tokenizer)
+    gptqmodel_api.quantize_with_driver(model, driver, token_ids[0], tokenizer)
     return result
-
-
-def stage_timings(model) -> dict:
-    """GPTQModel's own per-stage clock (forward, Hessian, quantize, pack, save), summed over modules."""
-    timer = getattr(model, "quant_region_timer", None)
-    stats = getattr(timer, "_stats", None) or {}
-    return {region: {"total_s": round(float(stat["total"]), 3), "count": int(stat["count"])}
-            for region, stat in stats.items() if stat.get("count")}
 
 
 def module_rows(quant_log) -> list[dict]:
