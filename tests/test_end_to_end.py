@@ -24,7 +24,7 @@ def test_calib_writes_truncated_token_ids_and_stats(quantized):
     assert meta["stats"]["rows_read"] == 600
     assert meta["stats"]["dropped"]["not_sampled"] == 600 - CALIB_ROWS
     assert max(len(r["input_ids"]) for r in rows) <= 1024
-    # Truncation really cuts tokens (the seed sliced the batch list instead).
+    # Truncation really cuts tokens, not rows.
     short = quantized.root / "short.jsonl"
     result = run_cli("calib", "--config", quantized.config, "--max-len", "32", "--out", short)
     assert result.exit_code == 0, result.output
@@ -61,7 +61,7 @@ def test_load_summarises_fp16_and_gptq(quantized):
 
 
 def test_auto_gptq_v1_layout_loads(quantized, tmp_path):
-    """The seed's checkpoints carry quantize_config.json and no quantization_config in config.json."""
+    """auto-gptq checkpoints carry quantize_config.json and no quantization_config in config.json."""
     legacy = tmp_path / "autogptq"
     shutil.copytree(quantized.work / "int4", legacy)
     config = read_json(legacy / "config.json")

@@ -1,4 +1,4 @@
-"""Issue 6: bad input, interruptions and trust. docs/RELIABILITY.md maps each case to the tests here.
+"""Bad input, interruptions and trust. docs/RELIABILITY.md maps each case to the tests here.
 
 Bad input ends in one line on stderr and exit 2 with nothing written; a killed run leaves nothing that looks
 complete; the CLI never runs checkpoint code or unpickles weights unless told to, writes no dialogue text,
@@ -31,7 +31,7 @@ CANARY_TEST = "金丝雀测试句子CANARY-TEST-91c2，请勿外泄"
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """On a busy 2-core machine torch's second thread makes tiny-model forwards 50x slower, not faster."""
+    """On a machine with few, shared cores torch's second thread makes tiny-model forwards far slower."""
     import torch
 
     threads = torch.get_num_threads()
@@ -784,7 +784,7 @@ def test_whole_cli_offline_under_umask_writes_no_text(quantized, tmp_path, monke
         # Only counts and hashes: neither the canaries nor real dialogue lines appear in any file.
         count = _assert_no_text(folder, [CANARY_CALIB, CANARY_TEST, "CANARY-", calib_sentence, test_sentence])
         assert count > 10 or folder != work
-    # The session's own checkpoints (64 calibration rows) hold no dialogue either.
+    # The suite's own checkpoints (64 calibration rows) hold no dialogue either.
     sentences = [max(r["input"].split("\n"), key=len) for r in rows_of(quantized.train, 40)]
     for name in ("int8", "int4"):
         assert _assert_no_text(quantized.work / name, sentences) > 5

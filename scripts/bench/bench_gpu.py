@@ -1,4 +1,4 @@
-"""GPU benchmark phases for fraudq, each under 10 minutes, each writing one JSON file.
+"""GPU benchmark phases for fraudq, each sized for one device call, each writing one JSON file.
 
 Every phase runs fraudq's own CLI (`python -m fraudq ...`) as a user would, times it, and gathers the
 reports it wrote. Phases (run one per device call; merge the JSON files with scripts/bench/bench_merge.py):

@@ -1,9 +1,9 @@
 """Merge the JSON files of scripts/bench/bench_gpu.py's phases into one docs/bench/YYYY-MM-DD-<card>.json.
 
-    python scripts/bench/bench_merge.py quality.json speed.json --out docs/bench/2026-11-25-h100-2.json
-    (the first session's files came from quality.json speed8.json [speed4.json]; the third session's from
-    speed.json check.json engines.json scaling.json scaling7b.json hessian_precision.json; the fifth session's
-    from speed.json, three fusion.json files (fusion, fusion-2, fusion-3, in call order) and syncs.json)
+    python scripts/bench/bench_merge.py quality.json speed.json --out docs/bench/DATE-CARD.json
+
+Older files in docs/bench/ were merged from phases since retired (speed8, speed4, levers, fusion); their keys
+are kept as they were written.
 
 Speed figures (quantize_s, peak_gpu_gb, eval_*_sps, size_bytes) come from the `qwen2-1.5b` phases,
 quality figures (precision, recall, f1, auc, flips) from the `small` phase. A figure a phase did not
@@ -25,13 +25,13 @@ def load(paths: list[Path]) -> dict[str, dict]:
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
         key = data.get("phase") or path.stem  # probes write no phase key: named by their file
-        # The same phase run in several calls (the fifth session's three `fusion` calls): fusion, fusion-2, ...
+        # The same phase run in several calls: fusion, fusion-2, ...
         phases[key if key not in phases else f"{key}-{sum(k.startswith(key) for k in phases) + 1}"] = data
     return phases
 
 
 def quant_report(sources: list[dict], name: str, bits: str) -> dict | None:
-    """The `speed` phase keeps both reports under "quantize"; the first session's speed8/speed4 kept one each."""
+    """The `speed` phase keeps both reports under "quantize"; the retired speed8/speed4 phases kept one each."""
     for phase in sources:
         if name in phase.get("quantize", {}):
             return phase["quantize"][name]
@@ -126,7 +126,7 @@ LEVERS = ("score_before_levers", "score_no_fused", "generate_before_levers", "sc
 
 
 def eval_levers(speed_evals: dict, quality: dict) -> dict | None:
-    """The eval levers against the default path (fourth and fifth sessions), each pair measured in one call."""
+    """Eval levers against the default path, each pair measured in one call (in files from retired phases)."""
     runs = {f"qwen2-1.5b/{name}/{key}": {**{k: row[key].get(k) for k in LEVER_KEYS},
                                          "default_samples_per_s": (row.get("score") or {}).get("samples_per_s"),
                                          "agreement_with_default": row.get(f"{key}_agreement")}

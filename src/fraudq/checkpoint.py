@@ -192,7 +192,7 @@ def load_model(info: ModelInfo, device: str, backend: str = "auto", trust_remote
     """Returns an eval-mode torch model placed wholly on `device`.
 
     GPTQ checkpoints go through GPTQModel with an explicit kernel, never device_map="auto":
-    that offload path is what raised the seed's "Found modules on cpu/disk" error.
+    that offload path raises "Found modules on cpu/disk" when memory is tight.
     """
     import torch
 

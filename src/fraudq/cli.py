@@ -281,7 +281,7 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Folder for the demo's 
          test_rows: Annotated[Optional[int], typer.Option("--test-rows", hidden=True)] = None,
          epochs: Annotated[Optional[float], typer.Option("--epochs", hidden=True)] = None):
     """Generate dialogues, train a tiny classifier, then 'fraudq run' it on CPU (1-2 minutes, no downloads)."""
-    from fraudq.demo import run_demo
+    from fraudq.demo.run import run_demo
 
     run_demo(out, force=force, train_rows=train_rows, test_rows=test_rows, epochs=epochs)
 

@@ -25,7 +25,7 @@ QWEN2_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# The seed's eval joined instruction and dialogue with one newline; its calibration file used two.
+# The original notebook's eval joined instruction and dialogue with one newline; its calibration file used two.
 EVAL_JOINER = "\n"
 CALIB_JOINER = "\n\n"
 
