@@ -107,7 +107,8 @@ def test_eval_score_and_generate_and_compare(quantized):
 
     gen = run_cli("eval", "--model", quantized.model, "--mode", "generate", *cfg)
     assert gen.exit_code == 0, gen.output
-    generated = [json.loads(line) for line in (quantized.work / "eval" / "fp16.generate.predictions.jsonl").read_text().splitlines()]
+    generated_file = quantized.work / "eval" / "fp16.generate.predictions.jsonl"
+    generated = [json.loads(line) for line in generated_file.read_text().splitlines()]
     agree = sum(g["prediction"] == p["prediction"] for g, p in zip(generated, predictions)) / TEST_ROWS
     assert agree >= 0.9, agree
 

@@ -155,7 +155,8 @@ def load(model: Annotated[str, typer.Argument(help="Local model folder.")],
 @app.command()
 @friendly_errors
 def calib(data: Annotated[Optional[str], typer.Option("--data", help="JSONL: chat or labelled rows.")] = None,
-          out: Annotated[Optional[Path], typer.Option("--out", help="Calibration file (default: <work_dir>/calib.jsonl).")] = None,
+          out: Annotated[Optional[Path], typer.Option(
+              "--out", help="Calibration file (default: <work_dir>/calib.jsonl).")] = None,
           n: Annotated[Optional[int], typer.Option("--n", help="Rows to sample (0 = all).")] = None,
           max_len: Annotated[Optional[int], typer.Option("--max-len", help="Truncate each row to this many tokens.")] = None,
           seed: Annotated[Optional[int], typer.Option("--seed")] = None,

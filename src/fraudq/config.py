@@ -100,6 +100,8 @@ PROMPT_KEYS = ("mode", "instruction", "answer_prefix", "true_word", "false_word"
 # The flag that sets each key, where it differs from --key-with-dashes; messages name what the user typed.
 FLAGS = {"calib_n": "--n", "quant_batch_size": "--batch-size", "eval_batch_size": "--batch-size",
          "quant_batch_tokens": "--batch-tokens"}
+# Keys set only in a config file or a FRAUDQ_ variable: messages name the key itself.
+NO_FLAG = ("hessian_chunk_tokens", "hessian_tf32", "token_budget", "generate_token_budget", "cudnn_attention")
 CHOICES = {
     "mode": ("score", "generate"),
     "engine": ("fraudq", "gptqmodel"),
@@ -115,6 +117,8 @@ RANGES = {
 
 
 def flag(key: str) -> str:
+    if key in NO_FLAG:
+        return key
     return FLAGS.get(key, "--" + key.replace("_", "-"))
 
 
@@ -142,7 +146,7 @@ def validate(cfg: "Config") -> None:
     for key, (low, high) in RANGES.items():
         value = getattr(cfg, key)
         if (low is not None and value < low) or (high is not None and value > high):
-            bound = f"at least {low}" if high is None else f"between {low} and {high}"
+            bound = ("0 or positive" if low == 0 else f"at least {low}") if high is None else f"between {low} and {high}"
             raise BadInput(f"{flag(key)} must be {bound}, got {value}")
     if not 0 < cfg.damp < 1:
         raise BadInput(f"--damp must be between 0 and 1 (exclusive), got {cfg.damp}")
