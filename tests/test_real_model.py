@@ -225,3 +225,13 @@ def test_finetune_is_deterministic_and_learns_from_the_answer_only(smol, tmp_pat
         assert len(ids) <= 160
         assert tokenizer.decode(ids[start:]) == json.dumps({"is_fraud": row["label"]}) + "<|im_end|>"
         assert tokenizer.decode(ids[:start]).endswith("<|im_start|>assistant\n")
+
+
+def test_a_truncated_gguf_file_is_one_line_and_exit_2(tmp_path, capsys):
+    preset = load_preset()
+    half = tmp_path / "half.gguf"
+    with preset.packaged_gguf().open("rb") as source:
+        half.write_bytes(source.read(1 << 20))
+    assert preset.main(["convert", "--out", str(tmp_path / "m"), "--gguf", str(half)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is truncated" in err[0] and not (tmp_path / "m").exists()
