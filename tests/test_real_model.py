@@ -162,7 +162,7 @@ def test_int4_reloads_with_gptqmodel_and_with_plain_transformers(smol):
     via_transformers = last_logits(plain.eval(), tokenizer, texts)
     for got in (via_gptqmodel, via_transformers):
         assert torch.isfinite(got).all()
-        assert torch.nn.functional.cosine_similarity(ref, got, dim=-1).min() > 0.95
+        assert torch.nn.functional.cosine_similarity(ref, got, dim=-1).min() > 0.99
 
 
 def test_eval_margins_equal_a_plain_forward_of_the_same_prompt(smol):
@@ -176,7 +176,7 @@ def test_eval_margins_equal_a_plain_forward_of_the_same_prompt(smol):
     model, tokenizer = original(smol)
     logits = last_logits(model, tokenizer, eval_texts(tokenizer, smol["test"], TEST_ROWS))
     margins = (logits[:, TRUE_ID] - logits[:, FALSE_ID]).tolist()
-    assert scores == pytest.approx(margins, abs=1e-3)
+    assert scores == pytest.approx(margins, abs=1e-4)
     assert len({round(s, 3) for s in scores}) > TEST_ROWS // 2  # the rows really differ
 
 
