@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -94,6 +95,10 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
         start = time.perf_counter()
         gptqmodel_api.save(model, tmp)
         tokenizer.save_pretrained(str(tmp))
+        # GPTQModel sets do_sample=True on every model it loads, and saves that: a greedy original would sample
+        # under plain transformers' generate() once quantized. The original's generation settings are kept.
+        if (info.path / "generation_config.json").is_file():
+            shutil.copyfile(info.path / "generation_config.json", tmp / "generation_config.json")
         timings["save_s"] = time.perf_counter() - start
         timings["total_s"] = sum(timings.values())
         report = {
