@@ -122,8 +122,18 @@ def format_stats(stats: dict, out: Path) -> str:
     )
 
 
-def read_calibration(path: Path) -> tuple[list[list[int]], dict]:
-    """Token ids plus the metadata written beside them; a damaged file is a one-line error."""
+def _check_ids(ids, vocab_size: int | None, where: str) -> None:
+    if not ids or not all(type(i) is int and i >= 0 for i in ids):
+        raise ValueError("bad token ids")
+    # A hand-edited id past the embedding would fail deep inside GPTQ, after the model has loaded.
+    if vocab_size is not None and max(ids) >= vocab_size:
+        raise BadInput(f"{where}: token id {max(ids)} is outside the model's vocabulary of {vocab_size}; "
+                       "rebuild it with 'fraudq calib'")
+
+
+def read_calibration(path: Path, vocab_size: int | None = None) -> tuple[list[list[int]], dict]:
+    """Token ids (each below `vocab_size` when given) plus the metadata written beside them; a damaged file is
+    a one-line error."""
     if not path.is_file():
         raise BadInput(f"calibration file {path} does not exist; run 'fraudq calib' first")
     if not meta_path(path).is_file():
@@ -132,8 +142,7 @@ def read_calibration(path: Path) -> tuple[list[list[int]], dict]:
     try:
         for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             ids = json.loads(line)["input_ids"]
-            if not ids or not all(isinstance(i, int) and i >= 0 for i in ids):
-                raise ValueError("bad token ids")
+            _check_ids(ids, vocab_size, f"{path}:{line_no}")
             rows.append(ids)
         meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
