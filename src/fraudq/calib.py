@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from fraudq import prompts
-from fraudq.atomic import atomic_write_json, atomic_write_text, check_writable
+from fraudq.atomic import atomic_write_json, atomic_write_text, check_target, check_writable, hold
 from fraudq.config import Config
 from fraudq.data import Row, file_sha256, read_jsonl
 from fraudq.errors import BadInput
@@ -44,8 +44,16 @@ def percentile(sorted_values: list[int], q: float) -> int:
 
 
 def build_calibration(cfg: Config, data: str, out: Path, force: bool = False, skip_invalid: bool = False,
-                      log=print) -> dict:
-    check_writable(out, force)
+                      log=print, reads=()) -> dict:
+    """`reads`: further inputs of the run (the config file) that `out` must not replace."""
+    out = Path(out)
+    check_target(out, reads=(data, cfg.model, *reads), names=(meta_path(out).name,) if out.name else ())
+    with hold(out):
+        check_writable(out, force)
+        return _build(cfg, data, out, skip_invalid, log)
+
+
+def _build(cfg: Config, data: str, out: Path, skip_invalid: bool, log) -> dict:
     dataset = read_jsonl(data, need_label=True, skip_invalid=skip_invalid)
     info = inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
     tokenizer = load_tokenizer(info, cfg.trust_remote_code)

@@ -168,7 +168,8 @@ def calib(data: Annotated[Optional[str], typer.Option("--data", help="JSONL: cha
                       calib_data=data, trust_remote_code=trust_remote_code)
     require(cfg.calib_data, "--data (or calib_data in the config)")
     require(cfg.model, "--model (or model in the config)")
-    build_calibration(cfg, cfg.calib_data, cfg.calib_path, force=force, skip_invalid=skip_invalid, log=typer.echo)
+    build_calibration(cfg, cfg.calib_data, cfg.calib_path, force=force, skip_invalid=skip_invalid, log=typer.echo,
+                      reads=(config_file,))
 
 
 @app.command()
@@ -219,11 +220,14 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                      "--fused-kernels", help="On CUDA: auto, liger (liger-kernel's fused ops) or off.")] = None,
                  out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (predictions go beside it).")] = None,
                  device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
+                 force: Annotated[bool, typer.Option(
+                     "--force", help="Replace an --out that no fraudq eval wrote.")] = False,
                  skip_invalid: SkipInvalid = False, trust_remote_code: TrustRemoteCode = None,
                  allow_pickle: AllowPickle = None, config_file: ConfigFile = None):
     """Evaluate a model: confusion counts, precision, recall, F1, AUC, throughput."""
     from fraudq.console import row_progress
     from fraudq.eval.evaluate import evaluate_model
+    from fraudq.eval.results import claim_results
     from fraudq.workspace import results_name
 
     cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, share_prefix=share_prefix,
@@ -233,7 +237,8 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
     require(model, "--model")
     require(cfg.test_data, "--data (or test_data in the config)")
     target = out or cfg.eval_results_path(results_name(cfg, model))
-    with row_progress("eval") as progress:
+    reads = (cfg.test_data, model, config_file)
+    with claim_results(target, force, reads), row_progress("eval") as progress:
         evaluate_model(cfg, model, cfg.test_data, target, skip_invalid=skip_invalid, log=typer.echo,
                        progress=progress)
 
