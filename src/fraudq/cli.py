@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import NoArgsIsHelpError, UsageError
 
 from fraudq.config import build_config
-from fraudq.errors import BadInput, Stopped
+from fraudq.errors import BadInput, NeedsFlag, Stopped
 from fraudq.runtime import setup_environment
 
 
@@ -84,6 +85,14 @@ def friendly_errors(command):
     """Bad input ends in one line and exit 2; Ctrl-C in exit 130, SIGTERM in 143 and SIGHUP in 129, each after
     removing what was half-written; nothing ends in a raw traceback."""
 
+    params = inspect.signature(command).parameters  # advice names only flags this command has
+
+    def say(line: str) -> None:
+        from fraudq.console import end_bars
+
+        end_bars()
+        typer.echo(line, err=True)
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         setup_environment()
@@ -91,14 +100,14 @@ def friendly_errors(command):
             with stop_signals_as_exceptions():
                 return command(*args, **kwargs)
         except BadInput as exc:
-            typer.echo(f"fraudq: error: {exc}", err=True)
+            say(f"fraudq: error: {exc.for_command(params) if isinstance(exc, NeedsFlag) else exc}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("fraudq: interrupted; nothing partial was left behind", err=True)
+            say("fraudq: interrupted; nothing partial was left behind")
             raise typer.Exit(130) from None
         except Stopped as exc:
             name = signal.Signals(exc.signum).name
-            typer.echo(f"fraudq: stopped by {name}; nothing partial was left behind", err=True)
+            say(f"fraudq: stopped by {name}; nothing partial was left behind")
             raise typer.Exit(128 + exc.signum) from None
         except typer.Exit:
             raise
@@ -106,8 +115,7 @@ def friendly_errors(command):
             if os.environ.get("FRAUDQ_DEBUG"):
                 traceback.print_exc()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            typer.echo(f"fraudq: failed: {type(exc).__name__}: {first[:300]} (set FRAUDQ_DEBUG=1 for details)",
-                       err=True)
+            say(f"fraudq: failed: {type(exc).__name__}: {first[:300]} (set FRAUDQ_DEBUG=1 for details)")
             raise typer.Exit(1) from None
 
     return wrapper

@@ -141,7 +141,8 @@ def run_fast_engine(model, token_ids, cfg: Config, device: str, tokenizer) -> di
 
     def driver():
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        with tqdm(desc="GPTQ layers", unit="layer", leave=False) as bar:
+        # Shown on a terminal only: a bar's carriage returns would glue a log's next line to it.
+        with tqdm(desc="GPTQ layers", unit="layer", leave=False, file=sys.stderr, disable=None) as bar:
             def progress(done, total):
                 bar.total = total
                 bar.update(done - bar.n)
