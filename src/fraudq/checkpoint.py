@@ -228,9 +228,11 @@ def kernel_for(quant: dict, device: str, backend: str) -> str:
 
 
 def fingerprint(info: ModelInfo) -> str:
-    """sha256 over config and weight bytes: names the exact model an eval result belongs to."""
+    """sha256 over the files the weight loader opens (config, index, the shards it names): names the exact
+    model an eval result belongs to; a file the loader never opens does not change it."""
     digest = hashlib.sha256()
-    for file in [info.path / "config.json", *info.weight_files]:
+    index = [info.path / SAFETENSORS_INDEX] if (info.path / SAFETENSORS_INDEX).is_file() else []
+    for file in [info.path / "config.json", *index, *info.weight_files]:
         digest.update(file.name.encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
