@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraudq.errors import BadInput
+from fraudq.errors import BadInput, NeedsFlag
 from fraudq.runtime import default_dtype, dir_size, resolve_device
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -69,20 +69,18 @@ def inspect_model(
         custom = config if name == "config.json" else (
             _read_json(path / name) if (path / name).is_file() else {})
         if custom.get("auto_map") and not trust_remote_code:
-            raise BadInput(
-                f"{model} asks to run custom code from the checkpoint (auto_map in {name}); "
-                "pass --trust-remote-code only if you trust its author"
-            )
+            raise NeedsFlag(f"{model} asks to run custom code from the checkpoint (auto_map in {name})",
+                            "trust_remote_code", "pass --trust-remote-code only if you trust its author",
+                            "this command never runs checkpoint code")
     safetensors = safetensors_files(path)
     if safetensors:
         check_claimed_sizes(path, config, safetensors)
     pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not safetensors:
         if pickles and not allow_pickle:
-            raise BadInput(
-                f"{model} has only pickle weights ({pickles[0].name}), which can run code when loaded; "
-                "convert them to safetensors or pass --allow-pickle"
-            )
+            raise NeedsFlag(f"{model} has only pickle weights ({pickles[0].name}), which can run code when loaded",
+                            "allow_pickle", "convert them to safetensors or pass --allow-pickle",
+                            "convert them to safetensors")
         if not pickles:
             raise BadInput(f"{model} has no weight files (*.safetensors)")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
@@ -230,9 +228,11 @@ def kernel_for(quant: dict, device: str, backend: str) -> str:
 
 
 def fingerprint(info: ModelInfo) -> str:
-    """sha256 over config and weight bytes: names the exact model an eval result belongs to."""
+    """sha256 over the files the weight loader opens (config, index, the shards it names): names the exact
+    model an eval result belongs to; a file the loader never opens does not change it."""
     digest = hashlib.sha256()
-    for file in [info.path / "config.json", *info.weight_files]:
+    index = [info.path / SAFETENSORS_INDEX] if (info.path / SAFETENSORS_INDEX).is_file() else []
+    for file in [info.path / "config.json", *index, *info.weight_files]:
         digest.update(file.name.encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):

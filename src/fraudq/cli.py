@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import NoArgsIsHelpError, UsageError
 
 from fraudq.config import build_config
-from fraudq.errors import BadInput, Stopped
+from fraudq.errors import BadInput, NeedsFlag, Stopped
 from fraudq.runtime import setup_environment
 
 
@@ -84,6 +85,14 @@ def friendly_errors(command):
     """Bad input ends in one line and exit 2; Ctrl-C in exit 130, SIGTERM in 143 and SIGHUP in 129, each after
     removing what was half-written; nothing ends in a raw traceback."""
 
+    params = inspect.signature(command).parameters  # advice names only flags this command has
+
+    def say(line: str) -> None:
+        from fraudq.console import end_bars
+
+        end_bars()
+        typer.echo(line, err=True)
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         setup_environment()
@@ -91,14 +100,14 @@ def friendly_errors(command):
             with stop_signals_as_exceptions():
                 return command(*args, **kwargs)
         except BadInput as exc:
-            typer.echo(f"fraudq: error: {exc}", err=True)
+            say(f"fraudq: error: {exc.for_command(params) if isinstance(exc, NeedsFlag) else exc}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("fraudq: interrupted; nothing partial was left behind", err=True)
+            say("fraudq: interrupted; nothing partial was left behind")
             raise typer.Exit(130) from None
         except Stopped as exc:
             name = signal.Signals(exc.signum).name
-            typer.echo(f"fraudq: stopped by {name}; nothing partial was left behind", err=True)
+            say(f"fraudq: stopped by {name}; nothing partial was left behind")
             raise typer.Exit(128 + exc.signum) from None
         except typer.Exit:
             raise
@@ -106,8 +115,7 @@ def friendly_errors(command):
             if os.environ.get("FRAUDQ_DEBUG"):
                 traceback.print_exc()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            typer.echo(f"fraudq: failed: {type(exc).__name__}: {first[:300]} (set FRAUDQ_DEBUG=1 for details)",
-                       err=True)
+            say(f"fraudq: failed: {type(exc).__name__}: {first[:300]} (set FRAUDQ_DEBUG=1 for details)")
             raise typer.Exit(1) from None
 
     return wrapper
@@ -169,7 +177,8 @@ def calib(data: Annotated[Optional[str], typer.Option("--data", help="JSONL: cha
                       calib_data=data, trust_remote_code=trust_remote_code)
     require(cfg.calib_data, "--data (or calib_data in the config)")
     require(cfg.model, "--model (or model in the config)")
-    build_calibration(cfg, cfg.calib_data, cfg.calib_path, force=force, skip_invalid=skip_invalid, log=typer.echo)
+    build_calibration(cfg, cfg.calib_data, cfg.calib_path, force=force, skip_invalid=skip_invalid, log=typer.echo,
+                      reads=(config_file,))
 
 
 @app.command()
@@ -220,11 +229,14 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                      "--fused-kernels", help="On CUDA: auto, liger (liger-kernel's fused ops) or off.")] = None,
                  out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (predictions go beside it).")] = None,
                  device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
+                 force: Annotated[bool, typer.Option(
+                     "--force", help="Replace an --out that no fraudq eval wrote.")] = False,
                  skip_invalid: SkipInvalid = False, trust_remote_code: TrustRemoteCode = None,
                  allow_pickle: AllowPickle = None, config_file: ConfigFile = None):
     """Evaluate a model: confusion counts, precision, recall, F1, AUC, throughput."""
     from fraudq.console import row_progress
     from fraudq.eval.evaluate import evaluate_model
+    from fraudq.eval.results import claim_results
     from fraudq.workspace import results_name
 
     cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, share_prefix=share_prefix,
@@ -234,7 +246,8 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
     require(model, "--model")
     require(cfg.test_data, "--data (or test_data in the config)")
     target = out or cfg.eval_results_path(results_name(cfg, model))
-    with row_progress("eval") as progress:
+    reads = (cfg.test_data, model, config_file)
+    with claim_results(target, force, reads), row_progress("eval") as progress:
         evaluate_model(cfg, model, cfg.test_data, target, skip_invalid=skip_invalid, log=typer.echo,
                        progress=progress)
 

@@ -51,6 +51,20 @@ def stage_log(log_file: Path, append: bool = False):
             _CHATTER.sink = previous
 
 
+def end_bars() -> None:
+    """Before an error line: closes every progress bar still open (a library's, say), and on a terminal clears
+    the line, so the error starts a line of its own instead of following a bar."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
+    stream = sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        stream.write("\r\x1b[K")
+        stream.flush()
+
+
 @contextlib.contextmanager
 def row_progress(desc: str):
     """A progress bar over rows on stderr, handed to library code as a plain callback."""

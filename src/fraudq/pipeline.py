@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fraudq.atomic import atomic_write_json, atomic_write_text
+from fraudq.atomic import atomic_write_json, atomic_write_text, check_target, hold
 from fraudq.calib import build_calibration, meta_path
 from fraudq.checkpoint import fingerprint, inspect_model
 from fraudq.config import CALIB_KEYS, QUANT_KEYS, Config
@@ -29,7 +29,7 @@ from fraudq.console import stage_log
 from fraudq.data import file_sha256, read_jsonl
 from fraudq.errors import BadInput
 from fraudq.eval.evaluate import evaluate_model
-from fraudq.eval.results import predictions_path, read_results
+from fraudq.eval.results import claim_results, predictions_path, read_results
 from fraudq.quant.quantize import quantize_model
 from fraudq.report.compare import Loaded, build_table, check_comparable, pick_baseline, write_compare_plots
 from fraudq.report.render import log_examples, log_table, to_markdown
@@ -57,8 +57,10 @@ def gather(cfg: Config, names: list[str], data: str | None, log=print) -> list[L
             model_fingerprint = fingerprint(inspect_model(entry.model_path, cfg.trust_remote_code, cfg.allow_pickle))
             if stale_reasons(cfg, entry, data_sha, model_fingerprint):
                 log(f"evaluating {entry.name} ({entry.model_path}): no current result")
-                evaluate_model(cfg, str(entry.model_path), data, entry.results_path, log=log,
-                               model_fingerprint=model_fingerprint)
+                # results under work_dir/eval are compare's own cache: replaced without --force
+                with claim_results(entry.results_path, True, (data, entry.model_path)):
+                    evaluate_model(cfg, str(entry.model_path), data, entry.results_path, log=log,
+                                   model_fingerprint=model_fingerprint)
         result, predictions = read_results(entry.results_path)
         loaded.append((entry.name, result, predictions))
     check_comparable(loaded)
@@ -70,6 +72,14 @@ def gather(cfg: Config, names: list[str], data: str | None, log=print) -> list[L
 def compare_models(cfg: Config, names: list[str], data: str | None, out_dir: Path, examples: int = 0,
                    plot_dir: Path | None = None, log=print) -> dict:
     """`fraudq compare`: current results for every named model, then compare.json, compare.md and the table."""
+    for folder in filter(None, (out_dir, plot_dir)):
+        check_target(folder, kind="folder", reads=(data,))
+    with hold(out_dir, inside=True):
+        return _compare(cfg, names, data, Path(out_dir), examples, plot_dir, log)
+
+
+def _compare(cfg: Config, names: list[str], data: str | None, out_dir: Path, examples: int,
+             plot_dir: Path | None, log) -> dict:
     loaded = gather(cfg, names, data, log)
     table = build_table(loaded, cfg.seed)
     if plot_dir is not None:
@@ -143,8 +153,9 @@ def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
 
         def run_eval(log, progress, name=name):
             current = entry(name)
-            evaluate_model(cfg, str(current.model_path), cfg.test_data, current.results_path, log=log,
-                           progress=progress, model_fingerprint=hashes.model(current.model_path))
+            with claim_results(current.results_path, True, (cfg.test_data, current.model_path)):
+                evaluate_model(cfg, str(current.model_path), cfg.test_data, current.results_path, log=log,
+                               progress=progress, model_fingerprint=hashes.model(current.model_path))
             hashes.forget(current.results_path)
             hashes.forget(predictions_path(current.results_path))
 
@@ -200,13 +211,19 @@ def run_pipeline(cfg: Config, force: Sequence[str] = (), examples: int = 0, out=
     out and err (default: sys.stdout / sys.stderr) get the stage lines and the progress bars; library
     output goes to <work_dir>/logs/<stage>.log.
     """
-    from tqdm import tqdm
-
     out = out or sys.stdout
     err = err or sys.stderr
     cfg = dataclasses.replace(cfg, mode="score")  # AUC, PR curves and margins need scores
     forced = parse_force(force)
     check_inputs(cfg)
+    check_target(cfg.work_path, kind="folder", reads=(cfg.model, cfg.calib_data, cfg.test_data))
+    with hold(cfg.work_path, inside=True):
+        return _run_stages(cfg, forced, examples, out, err)
+
+
+def _run_stages(cfg: Config, forced: set[str], examples: int, out, err) -> dict:
+    from tqdm import tqdm
+
     hashes = Hashes(cfg)
     stages = build_stages(cfg, hashes, examples)
     total_rows = _count_rows(cfg)

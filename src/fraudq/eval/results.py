@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from fraudq.atomic import atomic_write_json, atomic_write_text
+from fraudq.atomic import atomic_write_json, atomic_write_text, check_target, hold
 from fraudq.errors import BadInput
 
 
@@ -57,6 +57,26 @@ def is_results_file(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(result, dict) and {"model_fingerprint", "predictions_file", "confusion"} <= result.keys()
+
+
+@contextlib.contextmanager
+def claim_results(out: Path, force: bool, reads=()):
+    """Before any work: refuses an `out` that is an input of the run (`reads`), lies in a model folder, is a
+    folder, or is a file no fraudq eval wrote (unless `force`); then holds `out` until the results are written."""
+    out = Path(out)
+    check_target(out, reads=reads, names=(predictions_path(out).name,) if out.name else ())
+    with hold(out):
+        if not force:
+            _refuse_foreign(out)
+        yield
+
+
+def _refuse_foreign(out: Path) -> None:
+    preds = predictions_path(out)
+    if out.exists() and not is_results_file(out):
+        raise BadInput(f"{out} exists and is not a fraudq results file; pass --force to replace it")
+    if preds.exists() and not out.exists():
+        raise BadInput(f"{preds} exists and belongs to no results file; pass --force to replace it")
 
 
 def format_result(result: dict, out: Path) -> str:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from fraudq.atomic import atomic_dir, atomic_write_json, check_writable
+from fraudq.atomic import atomic_dir, atomic_write_json, check_target, check_writable, hold
 from fraudq.calib import read_calibration, tokenizer_fingerprint
 from fraudq.config import QUANT_KEYS, Config
 from fraudq.errors import BadInput
@@ -59,19 +60,35 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
+def vocab_size(config: dict) -> int | None:
+    return config.get("text_config", config).get("vocab_size")
+
+
 def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: bool = False, log=print) -> dict:
+    """Every check first (settings, output, calibration against this model), then GPTQ under a claim on `out`."""
+    check_target(out, kind="checkpoint", reads=(cfg.model, calib_path))
     info = inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
     if info.quant is not None:
         raise BadInput(f"{info.path} is already quantized ({info.quant['bits']}-bit); quantize the original model")
     validate_settings(cfg, bits, info.config)
     device = "cuda" if cfg.device == "auto" else cfg.device
     device = resolve_device(device, "quantize")
-    check_writable(out, force)
-    token_ids, calib_meta = read_calibration(calib_path)
-    tokenizer = load_tokenizer(info, cfg.trust_remote_code)
-    if calib_meta.get("tokenizer_sha256") != tokenizer_fingerprint(tokenizer):
-        raise BadInput(f"{calib_path} was tokenized with another tokenizer; rebuild it with 'fraudq calib --model {info.path}'")
+    with hold(out):
+        check_writable(out, force)
+        token_ids, calib_meta = read_calibration(calib_path, vocab_size(info.config))
+        tokenizer = load_tokenizer(info, cfg.trust_remote_code)
+        if calib_meta.get("tokenizer_sha256") != tokenizer_fingerprint(tokenizer):
+            raise BadInput(f"{calib_path} was tokenized with another tokenizer; "
+                           f"rebuild it with 'fraudq calib --model {info.path}'")
+        report = _quantize(cfg, info, bits, device, calib_path, token_ids, calib_meta, tokenizer, out, force)
+    log(f"quantized {info.path} to {bits}-bit in {report['timings']['total_s']:.1f} s; "
+        f"size {report['size_bytes']['before'] / 1e6:.1f} MB -> {report['size_bytes']['after'] / 1e6:.1f} MB; "
+        f"written to {out}")
+    return report
 
+
+def _quantize(cfg: Config, info, bits: int, device: str, calib_path: Path, token_ids, calib_meta, tokenizer,
+              out: Path, force: bool) -> dict:
     import torch
 
     quant_config = gptqmodel_api.quantize_config(
@@ -118,9 +135,6 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
             "modules": engine_result["modules"],
         }
         atomic_write_json(tmp / "quant_report.json", report)
-    log(f"quantized {info.path} to {bits}-bit in {timings['total_s']:.1f} s; "
-        f"size {report['size_bytes']['before'] / 1e6:.1f} MB -> {report['size_bytes']['after'] / 1e6:.1f} MB; "
-        f"written to {out}")
     return report
 
 
@@ -132,7 +146,8 @@ def run_fast_engine(model, token_ids, cfg: Config, device: str, tokenizer) -> di
 
     def driver():
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        with tqdm(desc="GPTQ layers", unit="layer", leave=False) as bar:
+        # Shown on a terminal only: a bar's carriage returns would glue a log's next line to it.
+        with tqdm(desc="GPTQ layers", unit="layer", leave=False, file=sys.stderr, disable=None) as bar:
             def progress(done, total):
                 bar.total = total
                 bar.update(done - bar.n)
