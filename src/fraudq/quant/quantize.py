@@ -14,6 +14,7 @@ from pathlib import Path
 from fraudq.atomic import atomic_dir, atomic_write_json, check_writable
 from fraudq.calib import read_calibration, tokenizer_fingerprint
 from fraudq.config import QUANT_KEYS, Config
+from fraudq.console import shown, terminal
 from fraudq.errors import BadInput
 from fraudq.checkpoint import inspect_model, load_tokenizer
 from fraudq.quant import gptqmodel_api
@@ -113,9 +114,9 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
             "modules": engine_result["modules"],
         }
         atomic_write_json(tmp / "quant_report.json", report)
-    log(f"quantized {info.path} to {bits}-bit in {timings['total_s']:.1f} s; "
+    log(f"quantized {shown(info.path)} to {bits}-bit in {timings['total_s']:.1f} s; "
         f"size {report['size_bytes']['before'] / 1e6:.1f} MB -> {report['size_bytes']['after'] / 1e6:.1f} MB; "
-        f"written to {out}")
+        f"written to {shown(out)}")
     return report
 
 
@@ -127,7 +128,7 @@ def run_fast_engine(model, token_ids, cfg: Config, device: str, tokenizer) -> di
 
     def driver():
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        with tqdm(desc="GPTQ layers", unit="layer", leave=False) as bar:
+        with tqdm(desc="GPTQ layers", unit="layer", leave=False, file=terminal(), disable=None) as bar:
             def progress(done, total):
                 bar.total = total
                 bar.update(done - bar.n)
