@@ -10,6 +10,7 @@ from pathlib import Path
 from fraudq import prompts
 from fraudq.atomic import atomic_write_json, atomic_write_text, check_target, check_writable, hold
 from fraudq.config import Config
+from fraudq.console import shown
 from fraudq.data import Row, file_sha256, read_jsonl
 from fraudq.errors import BadInput
 from fraudq.checkpoint import inspect_model, load_tokenizer
@@ -126,7 +127,7 @@ def format_stats(stats: dict, out: Path) -> str:
         f"dropped: {dropped}\n"
         f"tokens per row: mean {tokens['mean']}, p50 {tokens['p50']}, p99 {tokens['p99']}, max {tokens['max']}; "
         f"{stats['truncated']} truncated; {tokens['total']} tokens in all\n"
-        f"written to {out}"
+        f"written to {shown(out)}"
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fraudq.errors import BadInput, NeedsFlag
-from fraudq.runtime import default_dtype, dir_size, resolve_device
+from fraudq.runtime import compute_dtype, dir_size, resolve_device
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "qwen.tiktoken")
@@ -186,20 +186,20 @@ def load_tokenizer(info: ModelInfo, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(info: ModelInfo, device: str, backend: str = "auto", trust_remote_code: bool = False):
-    """Returns an eval-mode torch model placed wholly on `device`.
+def load_model(info: ModelInfo, device: str, backend: str = "auto", trust_remote_code: bool = False,
+               dtype: str = "auto"):
+    """Returns an eval-mode torch model placed wholly on `device`, computing in runtime.compute_dtype's choice.
 
     GPTQ checkpoints go through GPTQModel with an explicit kernel, never device_map="auto":
     that offload path raises "Found modules on cpu/disk" when memory is tight.
     """
-    import torch
-
+    chosen_dtype = compute_dtype(device, info.quant is not None, dtype)
     if info.quant is None:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
             str(info.path),
-            dtype=default_dtype(device),
+            dtype=chosen_dtype,
             local_files_only=True,
             trust_remote_code=trust_remote_code,
             use_safetensors=info.weight_files[0].suffix == ".safetensors",
@@ -208,8 +208,7 @@ def load_model(info: ModelInfo, device: str, backend: str = "auto", trust_remote
     from fraudq.quant import gptqmodel_api
 
     chosen = kernel_for(info.quant, device, backend)
-    dtype = default_dtype(device) if device.startswith("cuda") else torch.bfloat16  # its CPU kernels need 16-bit
-    model = gptqmodel_api.load_quantized(info.path, device, chosen, dtype, trust_remote_code)
+    model = gptqmodel_api.load_quantized(info.path, device, chosen, chosen_dtype, trust_remote_code)
     model.fraudq_kernel = chosen
     return model.eval()
 

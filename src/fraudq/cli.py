@@ -61,6 +61,9 @@ TrustRemoteCode = Annotated[Optional[bool], typer.Option("--trust-remote-code", 
 AllowPickle = Annotated[Optional[bool], typer.Option("--allow-pickle", help="Load pickle (.bin/.pt) weights.")]
 SkipInvalid = Annotated[bool, typer.Option("--skip-invalid", help="Skip bad rows and report how many, instead of stopping.")]
 Device = Annotated[Optional[str], typer.Option("--device", help="cuda or cpu (default: auto).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show library output (default: in <work_dir>/logs/).")]
+DType = Annotated[Optional[str], typer.Option(
+    "--dtype", help="Unquantized models: auto (the GPTQ kernels' dtype), float32, bfloat16 or float16.")]
 
 
 def _raise_stopped(signum, _frame):
@@ -125,6 +128,13 @@ def config_from(config_file, **flags):
     return build_config(config_file, overrides=flags)
 
 
+def quiet(cfg, command: str, verbose: bool):
+    """The command's own lines; library output in <work_dir>/logs/<command>.log unless -v. Yields say(line)."""
+    from fraudq.console import command_output
+
+    return command_output(cfg.work_path / "logs" / f"{command}.log", verbose)
+
+
 @app.command()
 @friendly_errors
 def config(config_file: ConfigFile = None,
@@ -144,14 +154,14 @@ def load(model: Annotated[str, typer.Argument(help="Local model folder.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
          device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
          trust_remote_code: TrustRemoteCode = None, allow_pickle: AllowPickle = None,
-         config_file: ConfigFile = None):
+         config_file: ConfigFile = None, verbose: Verbose = False):
     """Load a checkpoint (fp16/bf16/fp32 or GPTQ) and print a summary."""
-    from fraudq.checkpoint import describe
-
     cfg = config_from(config_file, device=device, backend=backend, trust_remote_code=trust_remote_code,
                       allow_pickle=allow_pickle)
-    # GPTQModel prints its loading chatter on stdout; keep stdout for the summary alone.
-    with contextlib.redirect_stdout(sys.stderr):
+    # GPTQModel prints its loading chatter on stdout; keep stdout for the summary alone, even with -v.
+    with quiet(cfg, "load", verbose), contextlib.redirect_stdout(sys.stderr if verbose else sys.stdout):
+        from fraudq.checkpoint import describe
+
         info = describe(cfg, model)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -169,16 +179,17 @@ def calib(data: Annotated[Optional[str], typer.Option("--data", help="JSONL: cha
           max_len: Annotated[Optional[int], typer.Option("--max-len", help="Truncate each row to this many tokens.")] = None,
           seed: Annotated[Optional[int], typer.Option("--seed")] = None,
           model: Model = None, force: Force = False, skip_invalid: SkipInvalid = False,
-          trust_remote_code: TrustRemoteCode = None, config_file: ConfigFile = None):
+          trust_remote_code: TrustRemoteCode = None, config_file: ConfigFile = None, verbose: Verbose = False):
     """Build the calibration set through the model's chat template."""
-    from fraudq.calib import build_calibration
-
     cfg = config_from(config_file, model=model, calib_n=n, max_len=max_len, seed=seed, calib_file=out,
                       calib_data=data, trust_remote_code=trust_remote_code)
     require(cfg.calib_data, "--data (or calib_data in the config)")
     require(cfg.model, "--model (or model in the config)")
-    build_calibration(cfg, cfg.calib_data, cfg.calib_path, force=force, skip_invalid=skip_invalid, log=typer.echo,
-                      reads=(config_file,))
+    with quiet(cfg, "calib", verbose) as say:
+        from fraudq.calib import build_calibration
+
+        build_calibration(cfg, cfg.calib_data, cfg.calib_path, force=force, skip_invalid=skip_invalid, log=say,
+                          reads=(config_file,))
 
 
 @app.command()
@@ -200,16 +211,17 @@ def quantize(bits: Annotated[int, typer.Option("--bits", help="2, 3, 4 or 8.")],
              batch_tokens: Annotated[Optional[int], typer.Option(
                  "--batch-tokens", help="Padded calibration tokens per forward (--engine fraudq).")] = None,
              device: Device = None, force: Force = False, trust_remote_code: TrustRemoteCode = None,
-             config_file: ConfigFile = None):
+             config_file: ConfigFile = None, verbose: Verbose = False):
     """GPTQ-quantize the model (GPTQModel's math and format) and write a checkpoint plus quant_report.json."""
-    from fraudq.quant.quantize import quantize_model
-
     cfg = config_from(config_file, model=model, calib_file=calib, group_size=group_size, damp=damp,
                       desc_act=desc_act, sym=sym, true_sequential=true_sequential, static_groups=static_groups,
                       quant_batch_size=batch_size, engine=engine, quant_batch_tokens=batch_tokens, device=device,
                       trust_remote_code=trust_remote_code)
     require(cfg.model, "--model (or model in the config)")
-    quantize_model(cfg, bits, cfg.calib_path, out or cfg.quant_dir(bits), force=force, log=typer.echo)
+    with quiet(cfg, "quantize", verbose) as say:
+        from fraudq.quant.quantize import quantize_model
+
+        quantize_model(cfg, bits, cfg.calib_path, out or cfg.quant_dir(bits), force=force, log=say)
 
 
 @app.command(name="eval")
@@ -228,28 +240,40 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                  fused_kernels: Annotated[Optional[str], typer.Option(
                      "--fused-kernels", help="On CUDA: auto, liger (liger-kernel's fused ops) or off.")] = None,
                  out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (predictions go beside it).")] = None,
+                 threshold: Annotated[Optional[str], typer.Option(
+                     "--threshold", help="Score mode: fraud when margin > T; a number, or 'fitted' for the "
+                     "threshold compare wrote beside the checkpoint (default: the config's).")] = None,
+                 dtype: DType = None,
                  device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
                  force: Annotated[bool, typer.Option(
                      "--force", help="Replace an --out that no fraudq eval wrote.")] = False,
                  skip_invalid: SkipInvalid = False, trust_remote_code: TrustRemoteCode = None,
-                 allow_pickle: AllowPickle = None, config_file: ConfigFile = None):
+                 allow_pickle: AllowPickle = None, config_file: ConfigFile = None, verbose: Verbose = False):
     """Evaluate a model: confusion counts, precision, recall, F1, AUC, throughput."""
     from fraudq.console import row_progress
-    from fraudq.eval.evaluate import evaluate_model
     from fraudq.eval.results import claim_results
+    from fraudq.thresholds import eval_threshold
     from fraudq.workspace import results_name
 
     cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, share_prefix=share_prefix,
                       pack_rows=pack_rows, fused_kernels=fused_kernels, device=device, backend=backend, test_data=data,
-                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                      dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     model = model or cfg.model
     require(model, "--model")
     require(cfg.test_data, "--data (or test_data in the config)")
-    target = out or cfg.eval_results_path(results_name(cfg, model))
+    cfg, source = eval_threshold(cfg, model, threshold)
+    # A fitted threshold's results go apart, so compare (which evaluates at the config's threshold) keeps its own.
+    name = results_name(cfg, model) + (".fitted" if source["from"] == "fitted" else "")
+    target = out or cfg.eval_results_path(name)
     reads = (cfg.test_data, model, config_file)
-    with claim_results(target, force, reads), row_progress("eval") as progress:
-        evaluate_model(cfg, model, cfg.test_data, target, skip_invalid=skip_invalid, log=typer.echo,
-                       progress=progress)
+    with claim_results(target, force, reads), row_progress("eval") as progress, quiet(cfg, "eval", verbose) as say:
+        from fraudq.eval.evaluate import evaluate_model
+
+        result = evaluate_model(cfg, model, cfg.test_data, target, skip_invalid=skip_invalid, log=say,
+                                progress=progress, threshold_source=source)
+    if source.get("data_sha256") and source["data_sha256"] == result["data_sha256"]:
+        typer.echo("warning: this threshold was fitted on these same rows, so its recall here is restored by "
+                   "construction; judge it on other rows", err=True)
 
 
 @app.command(name="compare")
@@ -261,13 +285,17 @@ def compare_command(names: Annotated[list[str], typer.Argument(help="fp16, int8,
                     plot: Annotated[Optional[Path], typer.Option("--plot", help="Folder for PNG plots.")] = None,
                     model: Model = None, mode: Annotated[Optional[str], typer.Option("--mode")] = None,
                     limit: Annotated[Optional[int], typer.Option("--limit")] = None,
-                    device: Device = None, config_file: ConfigFile = None):
+                    fit_data: Annotated[Optional[str], typer.Option(
+                        "--fit-data", help="Labelled JSONL to fit the thresholds on (default: the test rows).")] = None,
+                    dtype: DType = None, device: Device = None, config_file: ConfigFile = None,
+                    verbose: Verbose = False):
     """Compare models against the unquantized baseline, evaluating where no current result exists."""
-    from fraudq.pipeline import compare_models
+    cfg = config_from(config_file, model=model, test_data=data, mode=mode, limit=limit, dtype=dtype, device=device)
+    with quiet(cfg, "compare", verbose) as say:
+        from fraudq.comparison import compare_models
 
-    cfg = config_from(config_file, model=model, test_data=data, mode=mode, limit=limit, device=device)
-    compare_models(cfg, names, cfg.test_data or None, out or cfg.work_path / "compare", examples=examples,
-            plot_dir=plot, log=typer.echo)
+        compare_models(cfg, names, cfg.test_data or None, out or cfg.work_path / "compare", examples=examples,
+                       plot_dir=plot, log=say, fit_data=fit_data)
 
 
 @app.command(name="run")

@@ -60,6 +60,9 @@ class Config:
     cudnn_attention: bool = False  # on CUDA: allow cuDNN attention, which builds a plan for every new batch shape
     limit: int = 0  # 0 = all rows
     threshold: float = 0.0  # score mode: a row is fraud when its margin log P(true) - log P(false) exceeds this
+    # unquantized models' compute dtype; auto = what GPTQ kernels compute in (bf16 on CPU, fp16 on CUDA), so the
+    # baseline and the quantized models round alike
+    dtype: str = "auto"
     instruction: str = DEFAULT_INSTRUCTION
     answer_prefix: str = '{"is_fraud":'
     true_word: str = " true"
@@ -106,6 +109,7 @@ CHOICES = {
     "mode": ("score", "generate"),
     "engine": ("fraudq", "gptqmodel"),
     "fused_kernels": ("auto", "liger", "off"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
     "backend": ("auto", "torch", "triton", "marlin", "exllama_v2", "torch_int8"),
 }
 # (lowest, highest) allowed, inclusive; None = unbounded. damp is checked apart: it is open at both ends.

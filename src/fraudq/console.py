@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ class _Chatter(io.TextIOBase):
     """
 
     sink = None
+    terminal = None  # the stderr a stage replaced: where fraudq's own progress bars still draw
 
     def writable(self) -> bool:
         return True
@@ -37,18 +39,33 @@ class _Chatter(io.TextIOBase):
 _CHATTER = _Chatter()
 
 
+def _terminal_handlers(streams: list) -> list[logging.StreamHandler]:
+    """Logging handlers that write to a terminal stream: libraries imported before a stage bound them there."""
+    loggers = [logging.getLogger(), *(value for value in logging.root.manager.loggerDict.values()
+                                      if isinstance(value, logging.Logger))]
+    return [handler for logger in loggers for handler in logger.handlers
+            if type(handler) is logging.StreamHandler and any(handler.stream is s for s in streams)]
+
+
 @contextlib.contextmanager
 def stage_log(log_file: Path, append: bool = False):
-    """Sends stdout and stderr (GPTQModel's tables, HF progress bars, import warnings) to a file."""
+    """Sends stdout and stderr (GPTQModel's tables, HF progress bars, import warnings) to a file, and with them the
+    logging handlers already bound to the terminal (torch's, set up when it was imported)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    previous = _CHATTER.sink
+    previous, terminal = _CHATTER.sink, _CHATTER.terminal
+    _CHATTER.terminal = terminal or sys.stderr
+    handlers = _terminal_handlers([sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__])
     with open(log_file, "a" if append else "w", encoding="utf-8") as sink:
         _CHATTER.sink = sink
+        streams = [handler.setStream(_CHATTER) for handler in handlers]
         try:
             with contextlib.redirect_stdout(_CHATTER), contextlib.redirect_stderr(_CHATTER):
                 yield
         finally:
-            _CHATTER.sink = previous
+            for handler, stream in zip(handlers, streams):
+                if stream is not None:
+                    handler.setStream(stream)
+            _CHATTER.sink, _CHATTER.terminal = previous, terminal
 
 
 def end_bars() -> None:
@@ -66,9 +83,40 @@ def end_bars() -> None:
 
 
 @contextlib.contextmanager
-def row_progress(desc: str):
-    """A progress bar over rows on stderr, handed to library code as a plain callback."""
+def command_output(log_file: Path, verbose: bool):
+    """A command's own lines on stdout; library output in `log_file` unless `verbose`. Yields say(message)."""
     from tqdm import tqdm
 
-    with tqdm(desc=desc, unit="row", file=sys.stderr, disable=None) as bar:
+    out = sys.stdout
+
+    def say(message: str) -> None:
+        tqdm.write(message, file=out)  # above any progress bar on stderr
+
+    if verbose:
+        yield say
+        return
+    with stage_log(log_file):
+        yield say
+
+
+def terminal() -> io.TextIOBase:
+    """Where fraudq's own progress bars draw: the terminal's stderr, also while a stage logs library output."""
+    return _CHATTER.terminal or sys.stderr
+
+
+def shown(path) -> str:
+    """A path as the user would type it: relative to the working folder when it lies inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+@contextlib.contextmanager
+def row_progress(desc: str, unit: str = "row"):
+    """A progress bar on stderr (the terminal's, inside a stage), handed to library code as a plain callback."""
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, unit=unit, file=terminal(), disable=None) as bar:
         yield bar.update

@@ -4,7 +4,7 @@ Each stage is skipped when the hashes of its inputs match the ones recorded besi
 
   calib          <calib file>.stamp.json   model fingerprint, calib data sha256, calib settings
   quantize-intN  <work_dir>/intN.stamp.json model fingerprint, calib file sha256, bits + GPTQ settings
-  eval-NAME      the results JSON itself   model fingerprint, test data sha256, eval config (as compare checks)
+  eval-NAME      the results JSON itself   model fingerprint, test data sha256, eval config, dtype, threshold
   compare        <work_dir>/compare.stamp.json  sha256 of every eval result it reads, seed
 
 A stamp also records the hash of the artifact it vouches for, so an artifact replaced or edited by hand
@@ -21,76 +21,25 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fraudq.atomic import atomic_write_json, atomic_write_text, check_target, hold
+from fraudq.atomic import check_target, hold
 from fraudq.calib import build_calibration, meta_path
-from fraudq.checkpoint import fingerprint, inspect_model
+from fraudq.checkpoint import inspect_model
+from fraudq.comparison import compare_models, gather
 from fraudq.config import CALIB_KEYS, QUANT_KEYS, Config
-from fraudq.console import stage_log
-from fraudq.data import file_sha256, read_jsonl
+from fraudq.console import shown, stage_log
+from fraudq.data import read_jsonl
 from fraudq.errors import BadInput
 from fraudq.eval.evaluate import evaluate_model
-from fraudq.eval.results import claim_results, predictions_path, read_results
+from fraudq.eval.results import claim_results, predictions_path
 from fraudq.quant.quantize import quantize_model
-from fraudq.report.compare import Loaded, build_table, check_comparable, pick_baseline, write_compare_plots
-from fraudq.report.render import log_examples, log_table, to_markdown
+from fraudq.report.compare import pick_baseline
+from fraudq.report.render import log_examples, log_table, log_verdict
+from fraudq.thresholds import threshold_file
 from fraudq.workspace import Hashes, resolve, stale_reasons, stamp_reasons, write_stamp
 
 BITS = (8, 4)
 MODELS = ("fp16", *(f"int{b}" for b in BITS))
 STAGES = ("calib", *(f"quantize-int{b}" for b in BITS), *(f"eval-{m}" for m in MODELS), "compare")
-
-
-def gather(cfg: Config, names: list[str], data: str | None, log=print) -> list[Loaded]:
-    """The named models' current results, evaluating those whose stored result is missing or stale."""
-    if not names:
-        raise BadInput("name at least one model to compare, e.g. 'fraudq compare int8 int4 fp16'")
-    if len(set(names)) != len(names):
-        raise BadInput("each model may be named once")
-    entries = [resolve(cfg, n) for n in names]
-    needs_eval = [e for e in entries if e.model_path is not None]
-    if needs_eval and not data:
-        raise BadInput("compare needs the test data: pass --data FILE.jsonl or set test_data in the config")
-    data_sha = file_sha256(Path(data)) if needs_eval and Path(data).is_file() else None
-    loaded = []
-    for entry in entries:
-        if entry.model_path is not None:
-            model_fingerprint = fingerprint(inspect_model(entry.model_path, cfg.trust_remote_code, cfg.allow_pickle))
-            if stale_reasons(cfg, entry, data_sha, model_fingerprint):
-                log(f"evaluating {entry.name} ({entry.model_path}): no current result")
-                # results under work_dir/eval are compare's own cache: replaced without --force
-                with claim_results(entry.results_path, True, (data, entry.model_path)):
-                    evaluate_model(cfg, str(entry.model_path), data, entry.results_path, log=log,
-                                   model_fingerprint=model_fingerprint)
-        result, predictions = read_results(entry.results_path)
-        loaded.append((entry.name, result, predictions))
-    check_comparable(loaded)
-    return loaded
-
-
-
-
-def compare_models(cfg: Config, names: list[str], data: str | None, out_dir: Path, examples: int = 0,
-                   plot_dir: Path | None = None, log=print) -> dict:
-    """`fraudq compare`: current results for every named model, then compare.json, compare.md and the table."""
-    for folder in filter(None, (out_dir, plot_dir)):
-        check_target(folder, kind="folder", reads=(data,))
-    with hold(out_dir, inside=True):
-        return _compare(cfg, names, data, Path(out_dir), examples, plot_dir, log)
-
-
-def _compare(cfg: Config, names: list[str], data: str | None, out_dir: Path, examples: int,
-             plot_dir: Path | None, log) -> dict:
-    loaded = gather(cfg, names, data, log)
-    table = build_table(loaded, cfg.seed)
-    if plot_dir is not None:
-        table["plots"] = [str(p) for p in write_compare_plots(loaded, table["models"], table["baseline"], plot_dir)]
-    atomic_write_json(out_dir / "compare.json", table)
-    atomic_write_text(out_dir / "compare.md", to_markdown(table, out_dir))
-    log_table(table, log)
-    if examples:
-        log_examples(loaded, pick_baseline(loaded), examples, data, log)
-    log(f"written to {out_dir / 'compare.json'} and {out_dir / 'compare.md'}")
-    return table
 
 
 @dataclasses.dataclass
@@ -166,7 +115,8 @@ def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
         for name in MODELS:
             path = cfg.eval_results_path(name)
             results[name] = [hashes.file(path), hashes.file(predictions_path(path))]
-        return {"results": results, "config": {"seed": cfg.seed, "plots": True}}
+        # "report" names the layout of compare.json: a stored report of an older layout is rebuilt.
+        return {"results": results, "config": {"seed": cfg.seed, "plots": True, "report": 2}}
 
     def compare_output():
         return hashes.file(compare_dir / "compare.json")
@@ -178,8 +128,15 @@ def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
         hashes.forget(compare_dir / "compare.json")
         write_stamp(compare_dir, "compare", inputs, compare_output())
 
-    stages.append(Stage("compare", compare_dir, lambda: stamp_reasons(compare_dir, compare_inputs(), compare_output),
-                        run_compare))
+    def compare_reasons():
+        # compare writes the fitted thresholds beside int8/ and int4/; a requantized folder has lost its own.
+        reasons = stamp_reasons(compare_dir, compare_inputs(), compare_output)
+        if reasons or "fitted" not in json.loads((compare_dir / "compare.json").read_text(encoding="utf-8")):
+            return reasons
+        missing = [f"int{b}" for b in BITS if not threshold_file(cfg.quant_dir(b)).is_file()]
+        return [f"threshold file missing in {', '.join(missing)}"] if missing else []
+
+    stages.append(Stage("compare", compare_dir, compare_reasons, run_compare))
     return stages
 
 
@@ -259,7 +216,7 @@ def _run_stages(cfg: Config, forced: set[str], examples: int, out, err) -> dict:
             except BadInput:
                 raise
             except BaseException:
-                say(f"{prefix} failed; library output is in {log_file}")
+                say(f"{prefix} failed; library output is in {shown(log_file)}")
                 raise
             finally:
                 if rows_bar is not None:
@@ -279,7 +236,9 @@ def _run_stages(cfg: Config, forced: set[str], examples: int, out, err) -> dict:
         if examples:
             loaded = gather(cfg, list(MODELS), cfg.test_data, say)
             log_examples(loaded, pick_baseline(loaded), examples, cfg.test_data, say)
+        log_verdict(table, say)
     say(f"skipped {len(skipped)} of {len(stages)} stages" + (f" ({', '.join(skipped)})" if skipped else "")
         + f"; ran {len(ran)}" + (f" ({', '.join(ran)})" if ran else ""))
-    say(f"report: {compare_dir / 'compare.md'} (plots in {compare_dir / 'plots'}); logs: {logs}")
+    say(f"report: {shown(compare_dir / 'compare.md')} (plots in {shown(compare_dir / 'plots')})")
+    say(f"logs: {shown(logs)}")
     return {"ran": ran, "skipped": skipped, "table": table, "compare_dir": str(compare_dir)}

@@ -55,7 +55,16 @@ def peak_memory(device: str) -> dict:
     return peak
 
 
-def default_dtype(device: str):
+def compute_dtype(device: str, quantized: bool, setting: str = "auto"):
+    """The dtype a model computes in. GPTQ kernels compute in fp16 on CUDA and bf16 on CPU (its CPU kernels need
+    16-bit); an unquantized model follows them unless `setting` names a dtype, so the baseline rounds as they do."""
     import torch
 
-    return torch.float16 if device.startswith("cuda") else torch.float32
+    kernel = torch.float16 if device.startswith("cuda") else torch.bfloat16
+    if quantized or setting == "auto":
+        return kernel
+    return getattr(torch, setting)
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")

@@ -18,7 +18,7 @@ from fraudq.eval.kernels import attention_backends, check_choice, fused_kernels
 from fraudq.eval.results import format_result, predictions_text, write_results
 from fraudq.eval.scoring import Scorer, SharedPrefix, parse_answer, run_batches, shared_prefix_tokens
 from fraudq.report.metrics import confusion, rates, roc_auc
-from fraudq.runtime import dir_size, keep_cuda_allocator, peak_memory, resolve_device
+from fraudq.runtime import compute_dtype, dir_size, dtype_name, keep_cuda_allocator, peak_memory, resolve_device
 
 
 @dataclass
@@ -88,11 +88,13 @@ def warm_up(scorer: Scorer, prompt_ids: list[list[int]], device: str) -> None:
 
 
 def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_invalid: bool = False, log=print,
-                   progress=None, model_fingerprint: str | None = None, wrap_scorer=None) -> dict:
+                   progress=None, model_fingerprint: str | None = None, wrap_scorer=None,
+                   threshold_source: dict | None = None) -> dict:
     """Evaluates one checkpoint and writes `out` and its predictions file.
 
     `model_fingerprint` is the checkpoint's, when the caller has just computed it; `wrap_scorer(scorer)` may
-    return a stand-in that calls it (tests inject out-of-memory errors and interrupts there).
+    return a stand-in that calls it (tests inject out-of-memory errors and interrupts there); `threshold_source`
+    says where cfg.threshold came from (default: the config), for the results file.
     """
     batch_size = eval_batch_rows(cfg.eval_batch_size)
     token_budget = cfg.token_budget if cfg.mode == "score" else cfg.generate_token_budget
@@ -110,7 +112,7 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
     import torch
 
     start = time.perf_counter()
-    model = load_model(info, device, cfg.backend, cfg.trust_remote_code)
+    model = load_model(info, device, cfg.backend, cfg.trust_remote_code, cfg.dtype)
     with fused_kernels(model, cfg.fused_kernels, device) as fused, attention_backends(device, cfg.cudnn_attention):
         kernel = packed.enable(model) if cfg.mode == "score" and cfg.pack_rows else None
         load_s = time.perf_counter() - start
@@ -157,7 +159,8 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "model_fingerprint": model_fingerprint or fingerprint(info),
         "quantization": info.quant,
         "kernel": getattr(model, "fraudq_kernel", None),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "dtype": dtype_name(compute_dtype(device, info.quant is not None, cfg.dtype)),
+        "dtype_setting": cfg.dtype,
         "data": str(dataset.path),
         "data_sha256": dataset.sha256,
         "rows": len(rows),
@@ -165,6 +168,7 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "truncated_rows": built.truncated,
         "eval_config": {k: getattr(cfg, k) for k in PROMPT_KEYS},
         "threshold": cfg.threshold if cfg.mode == "score" else None,
+        "threshold_source": (threshold_source or {"from": "config"}) if cfg.mode == "score" else None,
         "batching": {"batch_size": cfg.eval_batch_size, "token_budget": token_budget, "batches": len(batches),
                      "shared_prefix_tokens": len(shared), "packed_rows": kernel},
         "device": device,

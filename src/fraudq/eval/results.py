@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from fraudq.atomic import atomic_write_json, atomic_write_text, check_target, hold
+from fraudq.console import shown
 from fraudq.errors import BadInput
 
 
@@ -83,6 +84,13 @@ def format_result(result: dict, out: Path) -> str:
     c = result["confusion"]
     auc = f", AUC {result['auc']:.4f}" if result["auc"] is not None else ""
     invalid = f", {c['invalid']} invalid answers (scored wrong)" if c["invalid"] else ""
+    threshold = ""
+    if result.get("threshold") is not None:
+        source = (result.get("threshold_source") or {}).get("from", "config")
+        threshold = f"; fraud when margin > {result['threshold']:g} ({source})"
+    dtype = f" in {result['dtype']}" if result.get("dtype") else ""
     return (f"{result['rows']} rows: tn {c['tn']} fp {c['fp']} fn {c['fn']} tp {c['tp']}{invalid}; "
-            f"precision {result['precision']:.4f}, recall {result['recall']:.4f}, F1 {result['f1']:.4f}, "
-            f"accuracy {result['accuracy']:.4f}{auc}; {result['samples_per_s']} rows/s; written to {out}")
+            f"precision {result['precision']:.4f}, recall {result['recall']:.4f}, F1 {result['f1']:.4f}{auc}\n"
+            f"accuracy {result['accuracy']:.4f}; {result['samples_per_s']} rows/s{dtype}{threshold}\n"
+            f"written to {shown(out)}")
+

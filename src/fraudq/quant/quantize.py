@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from fraudq.atomic import atomic_dir, atomic_write_json, check_target, check_writable, hold
 from fraudq.calib import read_calibration, tokenizer_fingerprint
 from fraudq.config import QUANT_KEYS, Config
+from fraudq.console import shown, terminal
 from fraudq.errors import BadInput
 from fraudq.checkpoint import inspect_model, load_tokenizer
 from fraudq.quant import gptqmodel_api
@@ -81,9 +81,9 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
             raise BadInput(f"{calib_path} was tokenized with another tokenizer; "
                            f"rebuild it with 'fraudq calib --model {info.path}'")
         report = _quantize(cfg, info, bits, device, calib_path, token_ids, calib_meta, tokenizer, out, force)
-    log(f"quantized {info.path} to {bits}-bit in {report['timings']['total_s']:.1f} s; "
+    log(f"quantized {shown(info.path)} to {bits}-bit in {report['timings']['total_s']:.1f} s; "
         f"size {report['size_bytes']['before'] / 1e6:.1f} MB -> {report['size_bytes']['after'] / 1e6:.1f} MB; "
-        f"written to {out}")
+        f"written to {shown(out)}")
     return report
 
 
@@ -146,8 +146,7 @@ def run_fast_engine(model, token_ids, cfg: Config, device: str, tokenizer) -> di
 
     def driver():
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        # Shown on a terminal only: a bar's carriage returns would glue a log's next line to it.
-        with tqdm(desc="GPTQ layers", unit="layer", leave=False, file=sys.stderr, disable=None) as bar:
+        with tqdm(desc="GPTQ layers", unit="layer", leave=False, file=terminal(), disable=None) as bar:
             def progress(done, total):
                 bar.total = total
                 bar.update(done - bar.n)
