@@ -11,7 +11,8 @@ act-order: 576, the hidden width, is no multiple of 128), evaluates everything o
 score mode, runs `fraudq compare`, and writes OUT/real_model.json (every number) and OUT/compare.md.
 
 Each step is its own process (fraudq's CLI, as a user runs it), logged under WORK/logs/. Steps run up to
---jobs at a time in dependency order, longest first (GPTQModel's loop takes several times fraudq's engine), so
+--jobs at a time in dependency order, evaluations first, then the longest (GPTQModel's loop takes several
+times fraudq's engine, and never holds the last free slot), so
 wall times of steps that overlapped are contended; every step records its start, end and the steps it
 overlapped. A step whose output is already in WORK is skipped, so a second call with the same WORK finishes
 what a first call's --deadline cut off. The JSON is rewritten after every step.
@@ -134,7 +135,7 @@ def plan(args, work: Path, data: Path) -> list[Job]:
         out = runs / "eval" / f"{name}.json"
         jobs.append(Job(f"eval-{name}", fraudq("eval", "--model", str(path), "--out", str(out),
                                                *(["--limit", "20"] if dry else [])),
-                        out, after=(after,), weight=1))
+                        out, after=(after,), weight=10))  # seconds each: never queued behind a library loop
     return jobs
 
 
@@ -193,6 +194,10 @@ def engine_agreement(ours: dict, theirs: dict, evals: Path, variant: str) -> dic
     return out
 
 
+def is_library_loop(job: Job) -> bool:
+    return job.name.startswith("quantize-") and job.name.endswith("-gptqmodel")
+
+
 def run_jobs(jobs: list[Job], args, env: dict, logs: Path, started: float, save) -> None:
     """Runs jobs up to --jobs at a time, dependencies first, heaviest first; stops launching at the deadline."""
     by_name = {j.name: j for j in jobs}
@@ -233,6 +238,11 @@ def run_jobs(jobs: list[Job], args, env: dict, logs: Path, started: float, save)
             pending.remove(job)
         ready = sorted((j for j in pending if all(finished.get(a) for a in j.after)), key=lambda j: -j.weight)
         while ready and len(running) < args.jobs and time.perf_counter() - started < args.deadline_s:
+            # GPTQModel's loops take minutes each: one slot stays free for the steps whose numbers come first.
+            if sum(is_library_loop(r) for r in running) >= max(1, args.jobs - 1):
+                ready = [j for j in ready if not is_library_loop(j)]
+                if not ready:
+                    break
             job = ready.pop(0)
             pending.remove(job)
             job.log = (logs / f"{job.name}.log").open("w")
