@@ -8,7 +8,8 @@ DATA_DIR holds train.jsonl, test0819.jsonl and calib0819_chatml.jsonl. The phase
 calibrates on all of calib0819_chatml.jsonl, quantizes with fraudq's engine and with GPTQModel's loop
 (int8 and int4 at group 64, symmetric; int4 at group 32, asymmetric; damp 0.01, true-sequential, no
 act-order: 576, the hidden width, is no multiple of 128), evaluates everything on all of test0819.jsonl in
-score mode, runs `fraudq compare`, and writes OUT/real_model.json (every number) and OUT/compare.md.
+score mode, runs `fraudq compare`, and writes OUT/real_model.json (every number), OUT/compare.md and each
+step's log under OUT/logs/.
 
 Each step is its own process (fraudq's CLI, as a user runs it), logged under WORK/logs/. Steps run up to
 --jobs at a time in dependency order, longest first (GPTQModel's loop takes several times fraudq's engine), so
@@ -364,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         result["ok"] = False
         result["error"] = str(exc)
     save()
+    # Each step's output, its last 200 kB (progress bars make some long), for reading after the call.
+    (args.out / "logs").mkdir(exist_ok=True)
+    for log in (work / "logs").glob("*.log"):
+        (args.out / "logs" / log.name).write_bytes(log.read_bytes()[-200_000:])
     print(table(result), flush=True)
     return 0 if result["ok"] else 1
 
