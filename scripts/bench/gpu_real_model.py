@@ -8,7 +8,8 @@ DATA_DIR holds train.jsonl, test0819.jsonl and calib0819_chatml.jsonl. The phase
 calibrates on all of calib0819_chatml.jsonl, quantizes with fraudq's engine and with GPTQModel's loop
 (int8 and int4 at group 64, symmetric; int4 at group 32, asymmetric; damp 0.01, true-sequential, no
 act-order: 576, the hidden width, is no multiple of 128), evaluates everything on all of test0819.jsonl in
-score mode, runs `fraudq compare`, and writes OUT/real_model.json (every number) and OUT/compare.md.
+score mode, runs `fraudq compare`, and writes OUT/real_model.json (every number), OUT/compare.md and each
+step's log under OUT/logs/.
 
 Each step is its own process (fraudq's CLI, as a user runs it), logged under WORK/logs/. Steps run up to
 --jobs at a time in dependency order, evaluations first, then the longest (GPTQModel's loop takes several
@@ -136,7 +137,19 @@ def plan(args, work: Path, data: Path) -> list[Job]:
         jobs.append(Job(f"eval-{name}", fraudq("eval", "--model", str(path), "--out", str(out),
                                                *(["--limit", "20"] if dry else [])),
                         out, after=(after,), weight=10))  # seconds each: never queued behind a library loop
+    # liger-kernel's fused RMSNorm, SwiGLU and rotary kernels are patched onto Llama here for the first time: the
+    # same fp16 eval without them shows whether they move any score.
+    out = work / "checks" / "fp16-unfused.json"
+    jobs.append(Job("eval-fp16-unfused", fraudq("eval", "--model", str(model), "--out", str(out),
+                                                "--fused-kernels", "off", *(["--limit", "20"] if dry else [])),
+                    out, after=("finetune",), weight=0.5))
     return jobs
+
+
+def same_scores(a: Path, b: Path) -> dict:
+    left, right = ([json.loads(x) for x in p.read_text().splitlines() if x] for p in (a, b))
+    return {"rows": len(left), "same_predictions": sum(x["prediction"] == y["prediction"] for x, y in zip(left, right)),
+            "max_abs_score_diff": max(abs(x["score"] - y["score"]) for x, y in zip(left, right))}
 
 
 def summarize(work: Path, result: dict) -> None:
@@ -170,6 +183,10 @@ def summarize(work: Path, result: dict) -> None:
         ours, theirs = (result["quantized"].get(f"{variant}-{e}") for e in ENGINES)
         if ours and theirs:
             result["engines"][variant] = engine_agreement(ours, theirs, runs / "eval", variant)
+    fused, unfused = runs / "eval" / "fp16.predictions.jsonl", work / "checks" / "fp16-unfused.predictions.jsonl"
+    if fused.is_file() and unfused.is_file():
+        result["fused_kernels_check"] = {"fused": result["evals"].get("fp16", {}).get("fused_kernels"),
+                                         **same_scores(fused, unfused)}
     if (runs / "compare" / "compare.json").is_file():
         result["compare"] = read(runs / "compare" / "compare.json")
 
@@ -200,8 +217,7 @@ def is_library_loop(job: Job) -> bool:
 
 def run_jobs(jobs: list[Job], args, env: dict, logs: Path, started: float, save) -> None:
     """Runs jobs up to --jobs at a time, dependencies first, heaviest first; stops launching at the deadline."""
-    by_name = {j.name: j for j in jobs}
-    pending = [j for j in jobs]
+    pending = list(jobs)
     running: list[Job] = []
     finished: dict[str, bool] = {}
     earlier = {r["name"]: r for r in read(logs.parent / "steps.json")} if (logs.parent / "steps.json").is_file() else {}
@@ -263,7 +279,6 @@ def run_jobs(jobs: list[Job], args, env: dict, logs: Path, started: float, save)
             elif not ready:
                 raise RuntimeError("no step can start: " + ", ".join(j.name for j in pending))
         time.sleep(0.5)
-    del by_name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
         result["ok"] = False
         result["error"] = str(exc)
     save()
+    # Each step's output, its last 200 kB (progress bars make some long), for reading after the call.
+    (args.out / "logs").mkdir(exist_ok=True)
+    for log in (work / "logs").glob("*.log"):
+        (args.out / "logs" / log.name).write_bytes(log.read_bytes()[-200_000:])
     print(table(result), flush=True)
     return 0 if result["ok"] else 1
 
@@ -383,6 +402,8 @@ def table(result: dict) -> str:
                      + " ".join(cell(e.get(k), 6) for k in ("precision", "recall", "f1", "auc"))
                      + f" {str(flips.get('fraud_to_ok', '-')) + '/' + str(flips.get('ok_to_fraud', '-')):>15} "
                      f"{cell(flips.get('mcnemar_p'), 9, 3)} {cell(shift, 8)}")
+    if result.get("fused_kernels_check"):
+        lines.append("# fp16 with and without fused kernels: " + json.dumps(result["fused_kernels_check"]))
     for variant, agreement in result.get("engines", {}).items():
         lines.append(f"# {variant} fraudq vs gptqmodel: " + json.dumps(
             {k: v for k, v in agreement.items() if k != "summed_loss"}))
