@@ -44,6 +44,8 @@ class _Engine:
     model: str
     dtype: str
     tensor_parallel_size: int
+    pipeline_parallel_size: int
+    distributed_executor_backend: str | None
     kv_cache_gib: float | None
     enforce_eager: bool
     log_file: str
@@ -107,12 +109,14 @@ def _dtype(quant: dict | None, platform: str) -> str:
     return "bfloat16" if quant is not None else "float32"
 
 
-def _prepare(model_dir, tensor_parallel_size: int, data_parallel_size: int, dtype: str, kv_cache_gib,
-             enforce_eager, log_file: str) -> tuple[_Engine, object]:
+def _prepare(model_dir, log_file: str, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+             pipeline_parallel_size: int = 1, distributed_executor_backend: str | None = None, dtype: str = "auto",
+             kv_cache_gib: float | None = None, enforce_eager: bool | None = None) -> tuple[_Engine, object]:
     """Every check before vLLM starts; returns the engine settings and the Hugging Face tokenizer."""
     from fraudq.modelio import inspect_model, load_tokenizer
 
-    for name, value in (("tensor_parallel_size", tensor_parallel_size), ("data_parallel_size", data_parallel_size)):
+    for name, value in (("tensor_parallel_size", tensor_parallel_size), ("data_parallel_size", data_parallel_size),
+                        ("pipeline_parallel_size", pipeline_parallel_size)):
         if not isinstance(value, int) or value < 1:
             raise BadInput(f"{name} must be a positive integer, got {value!r}")
     platform = vllm_platform()
@@ -123,10 +127,13 @@ def _prepare(model_dir, tensor_parallel_size: int, data_parallel_size: int, dtyp
         raise BadInput(f"data_parallel_size {data_parallel_size} runs one vLLM engine per group of GPUs; on {platform} "
                        "one engine already spreads over the cores: use 1")
     if data_parallel_size > 1:
-        devices = _visible_gpus()
-        if data_parallel_size * tensor_parallel_size > len(devices):
-            raise BadInput(f"data_parallel_size {data_parallel_size} x tensor_parallel_size {tensor_parallel_size} "
-                           f"needs {data_parallel_size * tensor_parallel_size} GPUs; {len(devices)} are visible")
+        if distributed_executor_backend == "ray":
+            raise BadInput("data_parallel_size > 1 splits this host's GPUs between engines; with Ray, run one "
+                           "fraudq per slice of the rows, each with data_parallel_size 1")
+        devices, per_engine = _visible_gpus(), tensor_parallel_size * pipeline_parallel_size
+        if data_parallel_size * per_engine > len(devices):
+            raise BadInput(f"data_parallel_size {data_parallel_size} x {per_engine} GPUs per engine needs "
+                           f"{data_parallel_size * per_engine} GPUs; {len(devices)} are visible")
     if kv_cache_gib is None and platform == "cpu":
         kv_cache_gib = CPU_KV_CACHE_GIB
     if enforce_eager is None:
@@ -134,7 +141,8 @@ def _prepare(model_dir, tensor_parallel_size: int, data_parallel_size: int, dtyp
         # that runs once; on CUDA the captured graphs pay for themselves.
         enforce_eager = platform == "cpu"
     engine = _Engine(model=str(info.path), dtype=_dtype(info.quant, platform) if dtype == "auto" else dtype,
-                     tensor_parallel_size=tensor_parallel_size, kv_cache_gib=kv_cache_gib,
+                     tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
+                     distributed_executor_backend=distributed_executor_backend, kv_cache_gib=kv_cache_gib,
                      enforce_eager=bool(enforce_eager), log_file=str(log_file))
     return engine, load_tokenizer(info)
 
@@ -207,8 +215,11 @@ def _run(engine: _Engine, requests: list, params: list, warmup: tuple | None) ->
     try:
         vllm = _vllm()
         kwargs = {"kv_cache_memory_bytes": int(engine.kv_cache_gib * (1 << 30))} if engine.kv_cache_gib else {}
+        if engine.distributed_executor_backend:
+            kwargs["distributed_executor_backend"] = engine.distributed_executor_backend
         llm = vllm.LLM(model=engine.model, tokenizer=engine.model, trust_remote_code=False, dtype=engine.dtype,
-                       tensor_parallel_size=engine.tensor_parallel_size, enforce_eager=engine.enforce_eager,
+                       tensor_parallel_size=engine.tensor_parallel_size,
+                       pipeline_parallel_size=engine.pipeline_parallel_size, enforce_eager=engine.enforce_eager,
                        seed=0, disable_log_stats=True,
                        # Stop where fraudq's own runtime stops (the tokenizer's end token) and take no
                        # sampling defaults from generation_config.json.
@@ -260,7 +271,7 @@ def _serve(engine: _Engine, data_parallel_size: int, kind: str, requests: list, 
 
     context = multiprocessing.get_context("spawn")
     devices = _visible_gpus()
-    tp = engine.tensor_parallel_size
+    per_engine = engine.tensor_parallel_size * engine.pipeline_parallel_size
     bounds = [len(requests) * rank // data_parallel_size for rank in range(data_parallel_size + 1)]
     shards = []
     for rank in range(data_parallel_size):
@@ -268,7 +279,7 @@ def _serve(engine: _Engine, data_parallel_size: int, kind: str, requests: list, 
         shard = dataclasses.replace(engine, log_file=f"{engine.log_file}.dp{rank}")
         lo, hi = bounds[rank], bounds[rank + 1]
         process = context.Process(target=_shard_main, args=(
-            shard, ",".join(devices[rank * tp:(rank + 1) * tp]), kind, requests[lo:hi], params[lo:hi], warmup, send))
+            shard, ",".join(devices[rank * per_engine:(rank + 1) * per_engine]), kind, requests[lo:hi], params[lo:hi], warmup, send))
         process.start()
         send.close()
         shards.append((process, receive))
@@ -310,6 +321,8 @@ def _fill(report: dict | None, engine: _Engine, rows: int, timing: dict, data_pa
         "vllm_version": timing["vllm_version"],
         "dtype": engine.dtype,
         "tensor_parallel_size": engine.tensor_parallel_size,
+        "pipeline_parallel_size": engine.pipeline_parallel_size,
+        "distributed_executor_backend": engine.distributed_executor_backend,
         "data_parallel_size": data_parallel_size,
         "enforce_eager": engine.enforce_eager,
         "kv_cache_gib": engine.kv_cache_gib,
@@ -324,8 +337,10 @@ def _fill(report: dict | None, engine: _Engine, rows: int, timing: dict, data_pa
 
 def score_with_vllm(model_dir, prompts: list[str], true_word: str = " true", false_word: str = " false",
                     answer_prefix: str = '{"is_fraud":', *, tensor_parallel_size: int = 1,
-                    data_parallel_size: int = 1, dtype: str = "auto", kv_cache_gib: float | None = None,
-                    enforce_eager: bool | None = None, log_file=None, report: dict | None = None) -> list[float]:
+                    data_parallel_size: int = 1, pipeline_parallel_size: int = 1,
+                    distributed_executor_backend: str | None = None, dtype: str = "auto",
+                    kv_cache_gib: float | None = None, enforce_eager: bool | None = None, log_file=None,
+                    report: dict | None = None) -> list[float]:
     """Score mode through vLLM: per prompt, log P(true_word) - log P(false_word) after `answer_prefix`.
 
     `prompts` are fraudq.prompts.eval_prompt's strings; `answer_prefix` is appended to each before tokenizing,
@@ -340,8 +355,8 @@ def score_with_vllm(model_dir, prompts: list[str], true_word: str = " true", fal
     `report`, when given, is filled with what a results file records (see _fill).
     """
     with _session(log_file) as log:
-        engine, tokenizer = _prepare(model_dir, tensor_parallel_size, data_parallel_size, dtype, kv_cache_gib,
-                                     enforce_eager, log)
+        engine, tokenizer = _prepare(model_dir, log, tensor_parallel_size, data_parallel_size, pipeline_parallel_size,
+                                     distributed_executor_backend, dtype, kv_cache_gib, enforce_eager)
         prompt_ids = tokenizer([p + answer_prefix for p in prompts], add_special_tokens=False)["input_ids"]
         candidates = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in (true_word, false_word)]
         if not all(candidates):
@@ -376,8 +391,10 @@ def score_with_vllm(model_dir, prompts: list[str], true_word: str = " true", fal
 
 
 def generate_with_vllm(model_dir, prompts: list[str], max_new_tokens: int = 16, *, tensor_parallel_size: int = 1,
-                       data_parallel_size: int = 1, dtype: str = "auto", kv_cache_gib: float | None = None,
-                       enforce_eager: bool | None = None, log_file=None, report: dict | None = None) -> list[str]:
+                       data_parallel_size: int = 1, pipeline_parallel_size: int = 1,
+                       distributed_executor_backend: str | None = None, dtype: str = "auto",
+                       kv_cache_gib: float | None = None, enforce_eager: bool | None = None, log_file=None,
+                       report: dict | None = None) -> list[str]:
     """Generate mode through vLLM: greedy, up to `max_new_tokens`, stopping at the tokenizer's end token, decoded
     without special tokens, as fraudq.evaluate.generate_batch does; parse with fraudq.evaluate.parse_answer.
     `prompts` are fraudq.prompts.eval_prompt's strings, without the answer prefix. Other arguments as in
@@ -385,8 +402,8 @@ def generate_with_vllm(model_dir, prompts: list[str], max_new_tokens: int = 16, 
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise BadInput(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     with _session(log_file) as log:
-        engine, tokenizer = _prepare(model_dir, tensor_parallel_size, data_parallel_size, dtype, kv_cache_gib,
-                                     enforce_eager, log)
+        engine, tokenizer = _prepare(model_dir, log, tensor_parallel_size, data_parallel_size, pipeline_parallel_size,
+                                     distributed_executor_backend, dtype, kv_cache_gib, enforce_eager)
         if not prompts:
             return []
         vllm = _vllm()
