@@ -4,8 +4,9 @@
 
 Order: fraudq's runtime, vLLM with its default CPU binding (on x86 it keeps one core for its scheduler and runs
 the model on the rest), vLLM bound to every core (--bind-all), fraudq's runtime again, so that a neighbour's
-load on shared cores shows up as a gap between the two fraudq runs. Rates exclude load and warm-up on both
-sides (the results' samples_per_s). Needs `pip install 'fraudq[vllm]'` (see .ci/vllm).
+load on shared cores shows up as a gap between the two fraudq runs (each run records the 1-minute load average
+before and after it). Rates exclude load and warm-up on both sides (the results' samples_per_s). Needs
+`pip install 'fraudq[vllm]'` (see .ci/vllm).
 """
 
 from __future__ import annotations
@@ -51,14 +52,17 @@ def main() -> None:
              for r in rows]
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
+        load_before = os.getloadavg()[0]
         first, hf_scores = fraudq_run(cfg, args.model, args.data, Path(scratch), "first")
         runs.append({"runtime": "fraudq", "samples_per_s": first["samples_per_s"], "wall_s": first["wall_s"],
-                     "load_s": first["load_s"], "warmup_s": first["warmup_s"], "kernel": first["kernel"]})
+                     "load_s": first["load_s"], "warmup_s": first["warmup_s"], "kernel": first["kernel"],
+                     "loadavg_1min": [load_before, os.getloadavg()[0]]})
         binds = [None, "all"] if args.bind_all else [None]
         for bind in binds:
             if bind == "all":
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{os.cpu_count() - 1}"
             report: dict = {}
+            load_before = os.getloadavg()[0]
             margins = score_with_vllm(args.model, texts, cfg.true_word, cfg.false_word, cfg.answer_prefix,
                                       report=report)
             os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
@@ -66,11 +70,15 @@ def main() -> None:
                 "omp_bind": "auto" if bind is None else f"0-{os.cpu_count() - 1}",
                 "flipped_vs_fraudq": sum((m > 0) != (h > 0) for m, h in zip(margins, hf_scores)),
                 "max_abs_margin_diff": max(abs(m - h) for m, h in zip(margins, hf_scores)),
+                "flipped_rows_fraudq_margins": [h for m, h in zip(margins, hf_scores) if (m > 0) != (h > 0)],
+                "loadavg_1min": [load_before, os.getloadavg()[0]],
             })
             runs.append(report)
+        load_before = os.getloadavg()[0]
         second, _ = fraudq_run(cfg, args.model, args.data, Path(scratch), "second")
         runs.append({"runtime": "fraudq", "samples_per_s": second["samples_per_s"], "wall_s": second["wall_s"],
-                     "load_s": second["load_s"], "warmup_s": second["warmup_s"], "kernel": second["kernel"]})
+                     "load_s": second["load_s"], "warmup_s": second["warmup_s"], "kernel": second["kernel"],
+                     "loadavg_1min": [load_before, os.getloadavg()[0]]})
     fraudq_rate = (runs[0]["samples_per_s"] + runs[-1]["samples_per_s"]) / 2
     commit = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()

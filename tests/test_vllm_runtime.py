@@ -98,6 +98,18 @@ def test_int8_refused_before_vllm_starts(vllm, quantized, tmp_path):
     assert "Initializing a V1 LLM engine" not in log.read_text(encoding="utf-8")
 
 
+def test_vllm_failure_is_one_line_naming_its_log(vllm, quantized, tmp_path):
+    from fraudq.eval.vllm_runtime import VllmFailed
+
+    log = tmp_path / "kv.log"
+    # More KV cache than the machine has: vLLM's worker refuses at start-up, in a process of its own.
+    with pytest.raises(VllmFailed) as caught:
+        score_with_vllm(quantized.work / "int4", ["prompt"], kv_cache_gib=1 << 20, log_file=log)
+    message = str(caught.value)
+    assert "\n" not in message and "ValueError: Available memory" in message and str(log) in message, message
+    assert "Traceback" in log.read_text(encoding="utf-8")  # the details went to the log, not to the user
+
+
 def test_score_mode_matches_fraudq_runtime(vllm, quantized, tmp_path):
     cfg, hf = _hf_eval(quantized, tmp_path, "hf")
     report = {}

@@ -32,8 +32,8 @@ GPTQ_BITS = {"cpu": (4,), "cuda": (4, 8)}
 GPTQ_GROUP_SIZES = (-1, 32, 64, 128)
 
 # vLLM on CPU otherwise reserves 92% of the machine's memory for its KV cache at start-up and refuses to start
-# when less is free. 1 GiB holds ~37k tokens of a Qwen2-1.5B-shaped model (28 layers, 2 KV heads of 128, bf16):
-# far more than one eval batch needs.
+# when less is free. 1 GiB holds ~37k tokens of a Qwen2-1.5B-shaped model (28 layers, 2 KV heads of 128, bf16);
+# vLLM admits as many rows at once as the cache holds.
 CPU_KV_CACHE_GIB = 1.0
 
 
@@ -49,6 +49,7 @@ class _Engine:
     kv_cache_gib: float | None
     enforce_eager: bool
     log_file: str
+    max_model_len: int | None = None
 
 
 def _vllm():
@@ -137,8 +138,8 @@ def _prepare(model_dir, log_file: str, tensor_parallel_size: int = 1, data_paral
     if kv_cache_gib is None and platform == "cpu":
         kv_cache_gib = CPU_KV_CACHE_GIB
     if enforce_eager is None:
-        # On CPU, vLLM's default compiles the model with inductor at start-up, minutes on a few cores for an eval
-        # that runs once; on CUDA the captured graphs pay for themselves.
+        # On CPU, vLLM's default compiles the model with inductor at every start-up, and an eval starts vLLM for
+        # one pass over the rows; on CUDA vLLM's captured graphs are its normal, tested configuration.
         enforce_eager = platform == "cpu"
     engine = _Engine(model=str(info.path), dtype=_dtype(info.quant, platform) if dtype == "auto" else dtype,
                      tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
@@ -220,6 +221,7 @@ def _run(engine: _Engine, requests: list, params: list, warmup: tuple | None) ->
         llm = vllm.LLM(model=engine.model, tokenizer=engine.model, trust_remote_code=False, dtype=engine.dtype,
                        tensor_parallel_size=engine.tensor_parallel_size,
                        pipeline_parallel_size=engine.pipeline_parallel_size, enforce_eager=engine.enforce_eager,
+                       max_model_len=engine.max_model_len,
                        seed=0, disable_log_stats=True,
                        # Stop where fraudq's own runtime stops (the tokenizer's end token) and take no
                        # sampling defaults from generation_config.json.
@@ -366,6 +368,8 @@ def score_with_vllm(model_dir, prompts: list[str], true_word: str = " true", fal
         vllm = _vllm()
         from vllm.inputs import TokensPrompt
 
+        # The longest request, not the model's context length (32k for Qwen2), sets what the KV cache must hold.
+        engine.max_model_len = max(map(len, prompt_ids)) + max(map(len, candidates)) + 1
         warm = TokensPrompt(prompt_token_ids=prompt_ids[0][: max(1, len(prompt_ids[0]) // 2)])
         if all(len(c) == 1 for c in candidates):
             words = [candidates[0][0], candidates[1][0]]
@@ -410,6 +414,7 @@ def generate_with_vllm(model_dir, prompts: list[str], max_new_tokens: int = 16, 
         from vllm.inputs import TokensPrompt
 
         prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        engine.max_model_len = max(map(len, prompt_ids)) + max_new_tokens  # as in score_with_vllm
         params = vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0, skip_special_tokens=True,
                                      stop_token_ids=[tokenizer.eos_token_id])
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
