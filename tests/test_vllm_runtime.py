@@ -18,8 +18,8 @@ from fraudq.config import build_config
 from fraudq.data import read_jsonl
 from fraudq.errors import BadInput
 from fraudq.eval.vllm_runtime import check_servable, generate_with_vllm, score_with_vllm
-from fraudq.evaluate import parse_answer
-from fraudq.modelio import inspect_model, load_tokenizer
+from fraudq.eval.scoring import parse_answer
+from fraudq.checkpoint import inspect_model, load_tokenizer
 
 # Margins are differences of bf16 logits on both sides. The answer words' logits of the tiny int4 model stay
 # within |10|, where bf16 holds multiples of 1/16; the two runtimes' GPTQ kernels (GPTQModel's torch kernel,
@@ -41,7 +41,7 @@ def vllm():
 
 
 def _prompts(project, cfg, limit: int = 0) -> list[str]:
-    """The eval prompts exactly as fraudq.evaluate builds them (without the answer prefix)."""
+    """The eval prompts exactly as fraudq.eval.evaluate builds them (without the answer prefix)."""
     tokenizer = load_tokenizer(inspect_model(project.work / "int4"))
     rows = read_jsonl(str(project.test), need_label=True).rows
     rows = rows[:limit] if limit else rows
@@ -143,3 +143,18 @@ def test_generate_mode_matches_fraudq_runtime(vllm, quantized, tmp_path):
     cfg, hf = _hf_eval(quantized, tmp_path, "hf-generate", "--mode", "generate", limit=48)
     answers = generate_with_vllm(quantized.work / "int4", _prompts(quantized, cfg, limit=48), cfg.max_new_tokens)
     assert [parse_answer(a) for a in answers] == [h["prediction"] for h in hf]
+
+
+def test_eval_runtime_vllm_and_the_deployment_check_through_the_cli(vllm, quantized, tmp_path):
+    from conftest import one_line_error
+
+    cfg = ("--config", quantized.config)
+    one_line_error(run_cli("eval", "--runtime", "vllm", "--model", quantized.work / "int8", *cfg), "8-bit", "serves")
+    own = run_cli("eval", "--model", quantized.work / "int4", *cfg)
+    served = run_cli("eval", "--runtime", "vllm", "--model", quantized.work / "int4", *cfg)
+    assert own.exit_code == 0 and served.exit_code == 0, served.output
+    result = json.loads((quantized.work / "eval" / "int4.vllm.json").read_text())
+    assert result["runtime"] == "vllm" and result["vllm"]["runtime"] == "vllm"
+    table = run_cli("compare", "int4", "fp16", *cfg, "--out", tmp_path / "cmp")
+    assert table.exit_code == 0, table.output
+    assert "deployment check" in table.stdout and "serves unchanged in vLLM" in table.stdout, table.stdout

@@ -244,6 +244,12 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                      "--threshold", help="Score mode: fraud when margin > T; a number, or 'fitted' for the "
                      "threshold compare wrote beside the checkpoint (default: the config's).")] = None,
                  dtype: DType = None,
+                 runtime: Annotated[Optional[str], typer.Option(
+                     "--runtime", help="hf (fraudq's own) or vllm (the engine the checkpoint is served with).")] = None,
+                 tensor_parallel_size: Annotated[Optional[int], typer.Option(
+                     "--tensor-parallel-size", help="--runtime vllm: GPUs one engine spreads over.")] = None,
+                 data_parallel_size: Annotated[Optional[int], typer.Option(
+                     "--data-parallel-size", help="--runtime vllm: engines splitting the rows.")] = None,
                  device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
                  force: Annotated[bool, typer.Option(
                      "--force", help="Replace an --out that no fraudq eval wrote.")] = False,
@@ -256,6 +262,7 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
     from fraudq.workspace import results_name
 
     cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, share_prefix=share_prefix,
+                      runtime=runtime, tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
                       pack_rows=pack_rows, fused_kernels=fused_kernels, device=device, backend=backend, test_data=data,
                       dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     model = model or cfg.model

@@ -19,6 +19,7 @@ from fraudq.errors import BadInput
 from fraudq.eval.evaluate import evaluate_model
 from fraudq.eval.results import claim_results, read_results
 from fraudq.report.compare import Loaded, build_table, check_comparable, pick_baseline, write_compare_plots
+from fraudq.report.deployment import deployment_check, deployment_lines
 from fraudq.report.render import log_examples, log_table, log_verdict, to_markdown
 from fraudq.thresholds import write_fitted
 from fraudq.workspace import Entry, resolve, stale_reasons
@@ -85,6 +86,24 @@ def gather(cfg: Config, names: list[str], data: str | None, log=print, tag: str 
     return loaded
 
 
+def served_in_vllm(cfg: Config, names: list[str], loaded: list[Loaded]) -> list[dict]:
+    """For every model with a current vLLM result on the same data (`fraudq eval --runtime vllm`), the check."""
+    vllm_cfg = dataclasses.replace(cfg, runtime="vllm")
+    checks = []
+    for name, (loaded_name, result, predictions) in zip(names, loaded):
+        entry = resolve(vllm_cfg, name)
+        if entry.model_path is None or not entry.results_path.is_file():
+            continue
+        try:
+            served, served_preds = read_results(entry.results_path)
+        except BadInput:
+            continue
+        if (served.get("model_fingerprint"), served.get("data_sha256")) == (
+                result.get("model_fingerprint"), result.get("data_sha256")):
+            checks.append(deployment_check(loaded_name, predictions, served_preds))
+    return checks
+
+
 def compare_models(cfg: Config, names: list[str], data: str | None, out_dir: Path, examples: int = 0,
                    plot_dir: Path | None = None, log=print, fit_data: str | None = None) -> dict:
     """`fraudq compare`: compare.json, compare.md, the tables, the threshold files and the verdict."""
@@ -99,13 +118,20 @@ def _compare(cfg: Config, names: list[str], data: str | None, out_dir: Path, exa
     loaded = gather(cfg, names, data, log)
     fit = gather(cfg, names, fit_data, log, tag="fit") if fit_data else None
     table = build_table(loaded, cfg.seed, fit=fit, fit_data=fit_data)
+    table["deployment"] = served_in_vllm(cfg, names, loaded)
     if plot_dir is not None:
         table["plots"] = [str(p) for p in write_compare_plots(loaded, table["models"], table["baseline"], plot_dir)]
+    markdown = to_markdown(table, out_dir)
+    if table["deployment"]:
+        markdown += "\n## Deployment check (vLLM)\n\n" + "".join(f"- {line}\n" for line in deployment_lines(table["deployment"]))
     atomic_write_json(out_dir / "compare.json", table)
-    atomic_write_text(out_dir / "compare.md", to_markdown(table, out_dir))
+    atomic_write_text(out_dir / "compare.md", markdown)
     log_table(table, log)
     if examples:
         log_examples(loaded, pick_baseline(loaded), examples, data or loaded[0][1].get("data"), log)
+    if table["deployment"]:
+        log("deployment check (the same checkpoint under vLLM):\n" +
+            "\n".join("  " + line for line in deployment_lines(table["deployment"])))
     for path in write_fitted(table, loaded, cfg, log):
         log(f"fitted threshold: {shown(path)}")
     log(f"written to {shown(out_dir / 'compare.json')} and {shown(out_dir / 'compare.md')}")

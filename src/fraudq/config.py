@@ -59,6 +59,9 @@ class Config:
     fused_kernels: str = "auto"  # on CUDA: liger-kernel's RMSNorm and SwiGLU kernels; auto, liger or off
     cudnn_attention: bool = False  # on CUDA: allow cuDNN attention, which builds a plan for every new batch shape
     limit: int = 0  # 0 = all rows
+    runtime: str = "hf"  # hf: fraudq's own (transformers); vllm: vLLM, the engine checkpoints are served with
+    tensor_parallel_size: int = 1  # runtime vllm: GPUs one engine spreads over
+    data_parallel_size: int = 1  # runtime vllm: engines, each on its own GPUs, splitting the rows
     threshold: float = 0.0  # score mode: a row is fraud when its margin log P(true) - log P(false) exceeds this
     # unquantized models' compute dtype; auto = what GPTQ kernels compute in (bf16 on CPU, fp16 on CUDA), so the
     # baseline and the quantized models round alike
@@ -84,7 +87,7 @@ class Config:
         return self.work_path / f"int{bits}"
 
     def eval_results_path(self, name: str) -> Path:
-        suffix = "" if self.mode == "score" else f".{self.mode}"
+        suffix = ("" if self.mode == "score" else f".{self.mode}") + ("" if self.runtime == "hf" else f".{self.runtime}")
         return self.work_path / "eval" / f"{name}{suffix}.json"
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +110,7 @@ FLAGS = {"calib_n": "--n", "quant_batch_size": "--batch-size", "eval_batch_size"
 NO_FLAG = ("hessian_chunk_tokens", "hessian_tf32", "token_budget", "generate_token_budget", "cudnn_attention")
 CHOICES = {
     "mode": ("score", "generate"),
+    "runtime": ("hf", "vllm"),
     "engine": ("fraudq", "gptqmodel"),
     "fused_kernels": ("auto", "liger", "off"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
@@ -116,7 +120,7 @@ CHOICES = {
 RANGES = {
     "calib_n": (0, None), "max_len": (1, None), "quant_batch_size": (1, None), "quant_batch_tokens": (1, None),
     "hessian_chunk_tokens": (0, None), "token_budget": (1, None), "generate_token_budget": (1, None),
-    "limit": (0, None), "max_new_tokens": (1, None),
+    "limit": (0, None), "max_new_tokens": (1, None), "tensor_parallel_size": (1, None), "data_parallel_size": (1, None),
 }
 
 

@@ -23,16 +23,17 @@ from typing import Callable, Sequence
 
 from fraudq.atomic import check_target, hold
 from fraudq.calib import build_calibration, meta_path
-from fraudq.checkpoint import inspect_model
+from fraudq.checkpoint import fingerprint, inspect_model
 from fraudq.comparison import compare_models, gather
 from fraudq.config import CALIB_KEYS, QUANT_KEYS, Config
 from fraudq.console import shown, stage_log
-from fraudq.data import read_jsonl
+from fraudq.data import file_sha256, read_jsonl
 from fraudq.errors import BadInput
 from fraudq.eval.evaluate import evaluate_model
-from fraudq.eval.results import claim_results, predictions_path
+from fraudq.eval.results import claim_results, predictions_path, read_results
 from fraudq.quant.quantize import quantize_model
 from fraudq.report.compare import pick_baseline
+from fraudq.report.deployment import deployment_check, deployment_lines
 from fraudq.report.render import log_examples, log_table, log_verdict
 from fraudq.thresholds import threshold_file
 from fraudq.workspace import Hashes, resolve, stale_reasons, stamp_reasons, write_stamp
@@ -162,6 +163,33 @@ def check_inputs(cfg: Config) -> None:
             raise BadInput(f"{key} {getattr(cfg, key)} does not exist")
 
 
+def deployment_in_vllm(cfg: Config, say, logs: Path) -> list[dict]:
+    """Each quantized checkpoint evaluated again under vLLM, where it is installed, and checked row by row."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        say("deployment check in vLLM: skipped, vLLM is not installed (pip install 'fraudq[vllm]'; docs/VLLM.md)")
+        return []
+    served_cfg = dataclasses.replace(cfg, runtime="vllm")
+    checks = []
+    for name in MODELS[1:]:
+        entry, served = resolve(cfg, name), resolve(served_cfg, name)
+        try:
+            with stage_log(logs / f"vllm-{name}.log"):
+                fingerprint_now = fingerprint(inspect_model(entry.model_path))
+                if stale_reasons(served_cfg, served, file_sha256(Path(cfg.test_data)), fingerprint_now):
+                    evaluate_model(served_cfg, str(served.model_path), cfg.test_data, served.results_path,
+                                   log=lambda *_: None, model_fingerprint=fingerprint_now)
+        except BadInput as exc:  # a checkpoint this platform's vLLM cannot serve
+            say(f"deployment check in vLLM: {name} skipped: {exc}")
+            continue
+        (_, own), (_, theirs) = read_results(entry.results_path), read_results(served.results_path)
+        checks.append(deployment_check(name, own, theirs))
+    for line in deployment_lines(checks):
+        say(f"deployment check in vLLM: {line}")
+    return checks
+
+
 def run_pipeline(cfg: Config, force: Sequence[str] = (), examples: int = 0, out=None, err=None) -> dict:
     """Runs every stale stage in order; returns {"ran": [...], "skipped": [...], "table": compare.json}.
 
@@ -239,6 +267,7 @@ def _run_stages(cfg: Config, forced: set[str], examples: int, out, err) -> dict:
         log_verdict(table, say)
     say(f"skipped {len(skipped)} of {len(stages)} stages" + (f" ({', '.join(skipped)})" if skipped else "")
         + f"; ran {len(ran)}" + (f" ({', '.join(ran)})" if ran else ""))
+    deployment_in_vllm(cfg, say, logs)
     say(f"report: {shown(compare_dir / 'compare.md')} (plots in {shown(compare_dir / 'plots')})")
     say(f"logs: {shown(logs)}")
     return {"ran": ran, "skipped": skipped, "table": table, "compare_dir": str(compare_dir)}

@@ -1,6 +1,6 @@
 """vLLM as an eval runtime: the prompts fraudq's own eval builds, scored or decoded by vLLM.
 
-Callers pass prompt strings built by fraudq.prompts exactly as fraudq.evaluate builds them (chat template plus
+Callers pass prompt strings built by fraudq.prompts exactly as fraudq.eval.evaluate builds them (chat template plus
 generation prompt). Both runtimes tokenize them with the checkpoint's own Hugging Face tokenizer, the same way,
 and vLLM receives token ids, never text, so the two answer for the same tokens row by row.
 
@@ -79,7 +79,7 @@ def vllm_platform() -> str:
 def check_servable(quant: dict | None, platform: str, model) -> None:
     """Refuses, in one line and before vLLM starts, a checkpoint this platform's vLLM cannot serve.
 
-    `quant` is fraudq.modelio.quant_config_of's dict (None for an fp16/bf16/fp32 checkpoint).
+    `quant` is fraudq.checkpoint.quant_config_of's dict (None for an fp16/bf16/fp32 checkpoint).
     """
     if quant is None:
         return
@@ -104,17 +104,16 @@ def check_servable(quant: dict | None, platform: str, model) -> None:
 
 
 def _dtype(quant: dict | None, platform: str) -> str:
-    """The dtype fraudq's own runtime computes in (fraudq.modelio.load_model), so the two compare like for like."""
-    if platform == "cuda":
-        return "float16"
-    return "bfloat16" if quant is not None else "float32"
+    """The dtype fraudq's own runtime computes in by default (runtime.compute_dtype), so the two compare like for
+    like: the GPTQ kernels' 16-bit type, for unquantized models too."""
+    return "float16" if platform == "cuda" else "bfloat16"
 
 
 def _prepare(model_dir, log_file: str, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
              pipeline_parallel_size: int = 1, distributed_executor_backend: str | None = None, dtype: str = "auto",
              kv_cache_gib: float | None = None, enforce_eager: bool | None = None) -> tuple[_Engine, object]:
     """Every check before vLLM starts; returns the engine settings and the Hugging Face tokenizer."""
-    from fraudq.modelio import inspect_model, load_tokenizer
+    from fraudq.checkpoint import inspect_model, load_tokenizer
 
     for name, value in (("tensor_parallel_size", tensor_parallel_size), ("data_parallel_size", data_parallel_size),
                         ("pipeline_parallel_size", pipeline_parallel_size)):
@@ -280,8 +279,9 @@ def _serve(engine: _Engine, data_parallel_size: int, kind: str, requests: list, 
         receive, send = context.Pipe(duplex=False)
         shard = dataclasses.replace(engine, log_file=f"{engine.log_file}.dp{rank}")
         lo, hi = bounds[rank], bounds[rank + 1]
-        process = context.Process(target=_shard_main, args=(
-            shard, ",".join(devices[rank * per_engine:(rank + 1) * per_engine]), kind, requests[lo:hi], params[lo:hi], warmup, send))
+        gpus = ",".join(devices[rank * per_engine:(rank + 1) * per_engine])
+        process = context.Process(target=_shard_main,
+                                  args=(shard, gpus, kind, requests[lo:hi], params[lo:hi], warmup, send))
         process.start()
         send.close()
         shards.append((process, receive))
@@ -346,13 +346,13 @@ def score_with_vllm(model_dir, prompts: list[str], true_word: str = " true", fal
     """Score mode through vLLM: per prompt, log P(true_word) - log P(false_word) after `answer_prefix`.
 
     `prompts` are fraudq.prompts.eval_prompt's strings; `answer_prefix` is appended to each before tokenizing,
-    exactly as fraudq.evaluate does. Both words are scored on every row, never read from a top-k list: for
+    exactly as fraudq.eval.evaluate does. Both words are scored on every row, never read from a top-k list: for
     one-token words, vLLM's `logprob_token_ids` returns the full-vocabulary log-probability of exactly those two
     tokens at the next position (one forward per row, the read vLLM's own generative-scoring API makes); for
     longer words, each row runs once per word with the word appended, and `prompt_logprobs=0` returns the
     log-probability of each prompt token actually there, summed over the word's tokens.
 
-    dtype "auto" computes in the dtype fraudq's own runtime uses (bf16 for GPTQ and fp32 otherwise on CPU, fp16
+    dtype "auto" computes in the dtype fraudq's own runtime uses (bf16 on CPU, fp16
     on CUDA). vLLM's output goes to `log_file` (when None, a temporary file, removed unless a failure names it).
     `report`, when given, is filled with what a results file records (see _fill).
     """
@@ -400,7 +400,7 @@ def generate_with_vllm(model_dir, prompts: list[str], max_new_tokens: int = 16, 
                        kv_cache_gib: float | None = None, enforce_eager: bool | None = None, log_file=None,
                        report: dict | None = None) -> list[str]:
     """Generate mode through vLLM: greedy, up to `max_new_tokens`, stopping at the tokenizer's end token, decoded
-    without special tokens, as fraudq.evaluate.generate_batch does; parse with fraudq.evaluate.parse_answer.
+    without special tokens, as fraudq.eval.scoring.Scorer.generate does; parse with fraudq.eval.scoring.parse_answer.
     `prompts` are fraudq.prompts.eval_prompt's strings, without the answer prefix. Other arguments as in
     score_with_vllm."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:

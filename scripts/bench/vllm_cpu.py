@@ -1,6 +1,6 @@
 """Score-mode throughput on CPU: fraudq's own runtime against vLLM, same checkpoint, same rows, one process.
 
-    python scripts/bench_vllm_cpu.py --model runs/int4 --data test.jsonl --out docs/bench/vllm-cpu.json
+    python scripts/bench/vllm_cpu.py --model runs/int4 --data test.jsonl --out docs/bench/vllm-cpu.json
 
 Order: fraudq's runtime, vLLM with its default CPU binding (on x86 it keeps one core for its scheduler and runs
 the model on the rest), vLLM bound to every core (--bind-all), fraudq's runtime again, so that a neighbour's
@@ -22,7 +22,8 @@ from pathlib import Path
 
 
 def fraudq_run(cfg, model: str, data: str, scratch: Path, name: str) -> tuple[dict, list[float]]:
-    from fraudq.evaluate import evaluate_model, predictions_path
+    from fraudq.eval.evaluate import evaluate_model
+    from fraudq.eval.results import predictions_path
 
     out = scratch / f"{name}.json"
     result = evaluate_model(cfg, model, data, out, log=lambda *_: None)
@@ -42,7 +43,8 @@ def main() -> None:
     from fraudq.config import build_config
     from fraudq.data import read_jsonl
     from fraudq.eval.vllm_runtime import score_with_vllm
-    from fraudq.modelio import inspect_model, load_tokenizer, setup_environment
+    from fraudq.checkpoint import inspect_model, load_tokenizer
+    from fraudq.runtime import setup_environment
 
     setup_environment()
     cfg = build_config(None, overrides={"device": "cpu"})
@@ -86,7 +88,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "commit": commit,
         "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
-        "command": "python scripts/bench_vllm_cpu.py " + " ".join(
+        "command": "python scripts/bench/vllm_cpu.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k.replace('_', '-')}"
             for k, v in vars(args).items() if v not in (False, None)),
         "model": args.model,
