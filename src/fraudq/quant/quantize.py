@@ -64,6 +64,15 @@ def vocab_size(config: dict) -> int | None:
     return config.get("text_config", config).get("vocab_size")
 
 
+def check_engine_holds(cfg: Config, device: str) -> None:
+    """The fast engine runs only what tests hold to GPTQModel's own loop. Asymmetric checkpoints are held on CPU;
+    on CUDA, where the engine's solve runs as captured graphs and packs on the GPU, one answered far worse than
+    the library's on a real model, so until that path is held too it is refused rather than written worse."""
+    if cfg.engine == "fraudq" and not cfg.sym and device.startswith("cuda"):
+        raise BadInput("fraudq's engine is not yet held to GPTQModel for asymmetric (--no-sym) quantization on "
+                       "CUDA; pass --engine gptqmodel, or quantize symmetric")
+
+
 def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: bool = False, log=print) -> dict:
     """Every check first (settings, output, calibration against this model), then GPTQ under a claim on `out`."""
     check_target(out, kind="checkpoint", reads=(cfg.model, calib_path))
@@ -73,6 +82,7 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
     validate_settings(cfg, bits, info.config)
     device = "cuda" if cfg.device == "auto" else cfg.device
     device = resolve_device(device, "quantize")
+    check_engine_holds(cfg, device)
     with hold(out):
         check_writable(out, force)
         token_ids, calib_meta = read_calibration(calib_path, vocab_size(info.config))
