@@ -58,7 +58,18 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: bool = False, log=print) -> dict:
+# Settings of GPTQModel's QuantizeConfig beyond the Config keys, passed as quantize_model's `extra` (fraudq tune).
+EXTRA_KEYS = ("mse", "act_group_aware", "dynamic")
+
+
+def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: bool = False, log=print,
+                   extra: dict | None = None) -> dict:
+    """`extra`: any of EXTRA_KEYS; act_group_aware and dynamic need engine gptqmodel."""
+    extra = dict(extra or {})
+    if set(extra) - set(EXTRA_KEYS):
+        raise BadInput(f"unknown quantize settings {sorted(set(extra) - set(EXTRA_KEYS))}")
+    if cfg.engine == "fraudq" and (extra.get("act_group_aware") or extra.get("dynamic")):
+        raise BadInput("act_group_aware and dynamic need engine gptqmodel; fraudq's engine does plain GPTQ order")
     info = inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
     if info.quant is not None:
         raise BadInput(f"{info.path} is already quantized ({info.quant['bits']}-bit); quantize the original model")
@@ -75,7 +86,7 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
 
     quant_config = gptqmodel_api.quantize_config(
         bits, cfg.group_size, cfg.damp, cfg.desc_act, cfg.sym, cfg.true_sequential, cfg.static_groups, device,
-        gpu_packer=cfg.engine == "fraudq" and device.startswith("cuda"))
+        gpu_packer=cfg.engine == "fraudq" and device.startswith("cuda"), **extra)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     timings = {}
@@ -101,7 +112,7 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
             "model": str(info.path),
             "calibration": {"path": str(calib_path), "rows": len(token_ids),
                             "tokens": sum(map(len, token_ids)), "data_sha256": calib_meta.get("data_sha256")},
-            "config": {k: getattr(cfg, k) for k in QUANT_KEYS},
+            "config": {**{k: getattr(cfg, k) for k in QUANT_KEYS}, **extra},
             "device": device,
             "versions": _versions(),
             "timings": {k: round(v, 3) for k, v in timings.items()},
