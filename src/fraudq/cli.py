@@ -322,6 +322,41 @@ def run_command(model: Model = None,
     run_pipeline(cfg, force=force or [], examples=examples)
 
 
+@app.command(name="tune")
+@friendly_errors
+def tune_command(budget_bits: Annotated[Optional[float], typer.Option(
+                     "--budget-bits", help="Most average bits per weight (scales, zeros, unquantized parameters "
+                     "included; the original is 16).")] = None,
+                 val_data: Annotated[Optional[str], typer.Option(
+                     "--val-data", help="Labelled JSONL that chooses (default: a seeded part of --calib-data, "
+                     "kept out of calibration).")] = None,
+                 test_data: Annotated[Optional[str], typer.Option(
+                     "--test-data", help="Labelled JSONL that only reports the winner and the reference recipe.")] = None,
+                 bits: Annotated[Optional[str], typer.Option("--bits", help="Bit widths to search, e.g. 3,4,8.")] = None,
+                 candidates: Annotated[Optional[str], typer.Option(
+                     "--candidates", help="cpu (small: per width group -1 and 128; at the lowest width also group 32, "
+                     "asymmetric, MSE scales, 1 layer at 8 bits), full (groups x sym/asym, damp, act-order, MSE, "
+                     "group-aware, calibration size, 1/2/4 layers at 8 bits), auto (full on a GPU) or FILE.toml.")] = None,
+                 max_flip_rate: Annotated[Optional[float], typer.Option(
+                     "--max-flip-rate", help="Accepted: at most this share of validation answers changed.")] = None,
+                 max_delta_f1: Annotated[Optional[float], typer.Option(
+                     "--max-delta-f1", help="Accepted: |F1 - baseline F1| at most this.")] = None,
+                 prune: Annotated[Optional[bool], typer.Option(
+                     "--prune/--no-prune", help="Skip candidates the results so far rule out (the budget always "
+                     "applies).")] = None,
+                 model: Model = None,
+                 calib_data: Annotated[Optional[str], typer.Option("--calib-data", help="JSONL for calibration.")] = None,
+                 device: Device = None, config_file: ConfigFile = None):
+    """Search GPTQ recipes for the smallest model whose validation answers are not significantly worse."""
+    from fraudq.tune.search import run_tune
+
+    cfg = config_from(config_file, tune_budget_bits=budget_bits, tune_val_data=val_data, test_data=test_data,
+                      tune_bits=bits, tune_space=candidates, tune_max_flip_rate=max_flip_rate,
+                      tune_max_delta_f1=max_delta_f1, tune_prune=prune, model=model, calib_data=calib_data,
+                      device=device)
+    run_tune(cfg)
+
+
 @app.command()
 @friendly_errors
 def demo(out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data, model and runs.")] = Path("fraudq-demo"),

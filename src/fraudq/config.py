@@ -71,6 +71,17 @@ class Config:
     true_word: str = " true"
     false_word: str = " false"
     max_new_tokens: int = 16
+    # [tune]
+    tune_val_data: str = ""  # labelled JSONL that chooses; empty = a seeded part of calib_data, kept out of calibration
+    tune_val_fraction: float = 0.2  # the part split off when tune_val_data is empty
+    tune_budget_bits: float = 0.0  # most average bits per weight (fraudq tune --budget-bits; must be given)
+    tune_bits: str = "4,8"  # bit widths searched, e.g. "3,4,8"
+    tune_space: str = "auto"  # candidates: auto (cpu without a GPU, else full), cpu, full, or a TOML file
+    tune_max_flip_rate: float = 0.01  # accepted: validation answers changed against the baseline, at most this share
+    tune_max_delta_f1: float = 0.005  # accepted: |F1 - baseline F1| at most this
+    tune_alpha: float = 0.05  # accepted: McNemar p at least this (not significantly different)
+    tune_sensitivity_rows: int = 256  # validation rows that rank the layers for mixed precision
+    tune_prune: bool = True  # skip candidates the results so far rule out
     # [trust]
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -105,7 +116,10 @@ PROMPT_KEYS = ("mode", "instruction", "answer_prefix", "true_word", "false_word"
 
 # The flag that sets each key, where it differs from --key-with-dashes; messages name what the user typed.
 FLAGS = {"calib_n": "--n", "quant_batch_size": "--batch-size", "eval_batch_size": "--batch-size",
-         "quant_batch_tokens": "--batch-tokens"}
+         "quant_batch_tokens": "--batch-tokens", "tune_val_data": "--val-data", "tune_val_fraction": "--val-fraction",
+         "tune_budget_bits": "--budget-bits", "tune_bits": "--bits", "tune_space": "--candidates",
+         "tune_max_flip_rate": "--max-flip-rate", "tune_max_delta_f1": "--max-delta-f1", "tune_alpha": "--alpha",
+         "tune_sensitivity_rows": "--sensitivity-rows", "tune_prune": "--prune"}
 # Keys set only in a config file or a FRAUDQ_ variable: messages name the key itself.
 NO_FLAG = ("hessian_chunk_tokens", "hessian_tf32", "token_budget", "generate_token_budget", "cudnn_attention")
 CHOICES = {
@@ -121,6 +135,7 @@ RANGES = {
     "calib_n": (0, None), "max_len": (1, None), "quant_batch_size": (1, None), "quant_batch_tokens": (1, None),
     "hessian_chunk_tokens": (0, None), "token_budget": (1, None), "generate_token_budget": (1, None),
     "limit": (0, None), "max_new_tokens": (1, None), "tensor_parallel_size": (1, None), "data_parallel_size": (1, None),
+    "tune_max_flip_rate": (0, 1), "tune_max_delta_f1": (0, 1), "tune_alpha": (0, 1), "tune_sensitivity_rows": (1, None),
 }
 
 
@@ -162,6 +177,8 @@ def validate(cfg: "Config") -> None:
         raise BadInput(f"--group-size must be -1 or a positive divisor of the layer widths, got {cfg.group_size}")
     if cfg.engine == "fraudq" and (cfg.desc_act or cfg.static_groups):
         raise BadInput("--desc-act and --static-groups need --engine gptqmodel; fraudq's engine does plain GPTQ order")
+    if not 0 < cfg.tune_val_fraction < 1:
+        raise BadInput(f"--val-fraction must be between 0 and 1 (exclusive), got {cfg.tune_val_fraction}")
     if cfg.threshold != cfg.threshold or abs(cfg.threshold) == float("inf"):
         raise BadInput(f"--threshold must be a finite number, got {cfg.threshold}")
     eval_batch_rows(cfg.eval_batch_size)

@@ -29,7 +29,12 @@ def version() -> str:
 
 
 def quantize_config(bits: int, group_size: int, damp: float, desc_act: bool, sym: bool, true_sequential: bool,
-                    static_groups: bool, device: str, gpu_packer: bool):
+                    static_groups: bool, device: str, gpu_packer: bool, *, mse: float = 0.0,
+                    act_group_aware: bool = False, dynamic: dict | None = None):
+    """GPTQModel's QuantizeConfig. `mse` > 0 turns on its scale search (the norm of the error it minimises over
+    shrunk ranges, 2.4 in the GPTQ paper); `act_group_aware` its group-aware reordering (needs desc_act off and a
+    group size); `dynamic` its per-module overrides: {"+:regex": {"bits": 8}} changes a module's settings,
+    {"-:regex": {}} leaves it unquantized (fp16 in the checkpoint)."""
     from gptqmodel import QuantizeConfig
 
     check_version()
@@ -41,7 +46,9 @@ def quantize_config(bits: int, group_size: int, damp: float, desc_act: bool, sym
         sym=sym,
         true_sequential=true_sequential,
         static_groups=static_groups,
-        act_group_aware=False,  # plain GPTQ order; GPTQModel would otherwise reorder groups
+        act_group_aware=act_group_aware,  # off: plain GPTQ order; GPTQModel's own default would reorder groups
+        mse=mse,
+        dynamic={key: dict(value) for key, value in dynamic.items()} if dynamic else None,
         offload_to_disk=False,  # keeps the run in memory and no temp path lands in the saved config
         device=device,
     )

@@ -73,8 +73,21 @@ def check_engine_holds(cfg: Config, device: str) -> None:
                        "CUDA; pass --engine gptqmodel, or quantize symmetric")
 
 
-def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: bool = False, log=print) -> dict:
-    """Every check first (settings, output, calibration against this model), then GPTQ under a claim on `out`."""
+# Settings of GPTQModel's QuantizeConfig beyond the Config keys, passed as quantize_model's `extra` (fraudq tune).
+EXTRA_KEYS = ("mse", "act_group_aware", "dynamic")
+
+
+def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: bool = False, log=print,
+                   extra: dict | None = None) -> dict:
+    """Every check first (settings, output, calibration against this model), then GPTQ under a claim on `out`.
+
+    `extra`: any of EXTRA_KEYS; act_group_aware and dynamic need engine gptqmodel.
+    """
+    extra = dict(extra or {})
+    if set(extra) - set(EXTRA_KEYS):
+        raise BadInput(f"unknown quantize settings {sorted(set(extra) - set(EXTRA_KEYS))}")
+    if cfg.engine == "fraudq" and (extra.get("act_group_aware") or extra.get("dynamic")):
+        raise BadInput("act_group_aware and dynamic need engine gptqmodel; fraudq's engine does plain GPTQ order")
     check_target(out, kind="checkpoint", reads=(cfg.model, calib_path))
     info = inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
     if info.quant is not None:
@@ -90,7 +103,7 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
         if calib_meta.get("tokenizer_sha256") != tokenizer_fingerprint(tokenizer):
             raise BadInput(f"{calib_path} was tokenized with another tokenizer; "
                            f"rebuild it with 'fraudq calib --model {info.path}'")
-        report = _quantize(cfg, info, bits, device, calib_path, token_ids, calib_meta, tokenizer, out, force)
+        report = _quantize(cfg, info, bits, device, calib_path, token_ids, calib_meta, tokenizer, out, force, extra)
     log(f"quantized {shown(info.path)} to {bits}-bit in {report['timings']['total_s']:.1f} s; "
         f"size {report['size_bytes']['before'] / 1e6:.1f} MB -> {report['size_bytes']['after'] / 1e6:.1f} MB; "
         f"written to {shown(out)}")
@@ -98,12 +111,12 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
 
 
 def _quantize(cfg: Config, info, bits: int, device: str, calib_path: Path, token_ids, calib_meta, tokenizer,
-              out: Path, force: bool) -> dict:
+              out: Path, force: bool, extra: dict) -> dict:
     import torch
 
     quant_config = gptqmodel_api.quantize_config(
         bits, cfg.group_size, cfg.damp, cfg.desc_act, cfg.sym, cfg.true_sequential, cfg.static_groups, device,
-        gpu_packer=cfg.engine == "fraudq" and device.startswith("cuda"))
+        gpu_packer=cfg.engine == "fraudq" and device.startswith("cuda"), **extra)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     timings = {}
@@ -133,7 +146,7 @@ def _quantize(cfg: Config, info, bits: int, device: str, calib_path: Path, token
             "model": str(info.path),
             "calibration": {"path": str(calib_path), "rows": len(token_ids),
                             "tokens": sum(map(len, token_ids)), "data_sha256": calib_meta.get("data_sha256")},
-            "config": {k: getattr(cfg, k) for k in QUANT_KEYS},
+            "config": {**{k: getattr(cfg, k) for k in QUANT_KEYS}, **extra},
             "device": device,
             "versions": _versions(),
             "timings": {k: round(v, 3) for k, v in timings.items()},
