@@ -238,14 +238,18 @@ def toml_value(value) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def load_toml(path: Path, what: str, hint: str = "") -> dict[str, Any]:
+    """A TOML file as a dict; a missing or invalid one is one line naming `what` it was meant to be."""
     if not path.is_file():
-        raise BadInput(f"config file {path} does not exist")
+        raise BadInput(f"{what} {path} does not exist{hint}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"config file {path} is not valid TOML: {exc}") from None
-    return _flatten_toml(data, str(path))
+        raise BadInput(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    return _flatten_toml(load_toml(path, "config file"), str(path))
 
 
 def from_env(environ: dict[str, str]) -> dict[str, Any]:

@@ -17,11 +17,10 @@ Keys left out come from the config's GPTQ settings (group_size, damp, sym, desc_
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraudq.config import Config
+from fraudq.config import Config, load_toml
 from fraudq.errors import BadInput
 from fraudq.quant.quantize import VALID_BITS, linear_in_features
 
@@ -145,12 +144,7 @@ def _recipe(table, where: str, start: dict) -> Recipe:
 
 
 def read_candidates(path: Path, cfg: Config) -> list[Recipe]:
-    if not path.is_file():
-        raise BadInput(f"candidate file {path} does not exist; --candidates takes auto, cpu, full or a TOML file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"candidate file {path} is not valid TOML: {exc}") from None
+    data = load_toml(path, "candidate file", "; --candidates takes auto, cpu, full or a TOML file")
     extra = sorted(set(data) - {"base", "candidate"})
     if extra:
         raise BadInput(f"{path}: unknown section '{extra[0]}'; a candidate file holds [base] and [[candidate]] tables")
