@@ -58,7 +58,7 @@ def gather(cfg: Config, names: list[str], data: str | None, log=print) -> list[L
             if stale_reasons(cfg, entry, data_sha, model_fingerprint):
                 log(f"evaluating {entry.name} ({entry.model_path}): no current result")
                 # results under work_dir/eval are compare's own cache: replaced without --force
-                with claim_results(entry.results_path, True, (data, entry.model_path)):
+                with claim_results(entry.results_path, force=True, reads=(data, entry.model_path)):
                     evaluate_model(cfg, str(entry.model_path), data, entry.results_path, log=log,
                                    model_fingerprint=model_fingerprint)
         result, predictions = read_results(entry.results_path)
@@ -153,7 +153,7 @@ def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
 
         def run_eval(log, progress, name=name):
             current = entry(name)
-            with claim_results(current.results_path, True, (cfg.test_data, current.model_path)):
+            with claim_results(current.results_path, force=True, reads=(cfg.test_data, current.model_path)):
                 evaluate_model(cfg, str(current.model_path), cfg.test_data, current.results_path, log=log,
                                progress=progress, model_fingerprint=hashes.model(current.model_path))
             hashes.forget(current.results_path)
