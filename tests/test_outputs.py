@@ -118,6 +118,17 @@ def test_eval_replaces_only_its_own_results_without_force(project, tmp_path):
     assert not list(tmp_path.glob(".*fraudq-lock")) and not leftovers(tmp_path)
 
 
+@pytest.mark.parametrize("command", ["eval", "calib"])
+def test_file_written_beside_the_out_that_is_an_input_is_refused(project, tmp_path, no_eval, command):
+    """eval writes r.predictions.jsonl beside r.json, calib c.jsonl.meta.json beside c.jsonl: neither may be the data."""
+    out, data = {"eval": ("r.json", "r.predictions.jsonl"), "calib": ("c.jsonl", "c.jsonl.meta.json")}[command]
+    data = write_rows(tmp_path / data, rows_of(project.test, 4))
+    before = digest(data)
+    one_line_error(run_cli(command, "--config", project.config, "--data", data, "--out", tmp_path / out, "--force"),
+                   str(data), "which this run reads")
+    assert digest(data) == before and sorted(p.name for p in tmp_path.iterdir()) == [data.name]
+
+
 @pytest.mark.parametrize("kind", ["data", "config", "inside-model"])
 def test_calib_out_that_is_an_input_is_refused(project, tmp_path, kind):
     model = copy_model(project, tmp_path)

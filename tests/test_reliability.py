@@ -540,7 +540,7 @@ def test_ctrl_c_during_quantize_save_removes_temp_folder(interrupted, quantized,
     result = run_cli("quantize", "--bits", "4", "--config", quantized.config, "--calib", small_calib,
                      "--out", tmp_path / "q" / "int4")
     assert result.exit_code == 130 and "fraudq: interrupted" in result.stderr, result.output
-    assert list((tmp_path / "q").iterdir()) == []
+    assert not (tmp_path / "q").exists()  # made for this run only, so removed with its temp folder
 
 
 def eval_directly(project, data: Path, out: Path, batch_size: str, wrap_scorer, log=None) -> dict:

@@ -48,7 +48,9 @@ def build_calibration(cfg: Config, data: str, out: Path, force: bool = False, sk
                       log=print, reads=()) -> dict:
     """`reads`: further inputs of the run (the config file) that `out` must not replace."""
     out = Path(out)
-    check_target(out, reads=(data, cfg.model, *reads), names=(meta_path(out).name,) if out.name else ())
+    reads = (data, cfg.model, *reads)
+    check_target(out, reads=reads, names=(meta_path(out).name,) if out.name else ())
+    check_target(meta_path(out), reads=reads)  # written too: it must not be an input either
     with hold(out):
         check_writable(out, force)
         return _build(cfg, data, out, skip_invalid, log)

@@ -103,7 +103,7 @@ def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
 
         def run_eval(log, progress, name=name):
             current = entry(name)
-            with claim_results(current.results_path, True, (cfg.test_data, current.model_path)):
+            with claim_results(current.results_path, force=True, reads=(cfg.test_data, current.model_path)):
                 evaluate_model(cfg, str(current.model_path), cfg.test_data, current.results_path, log=log,
                                progress=progress, model_fingerprint=hashes.model(current.model_path))
             hashes.forget(current.results_path)

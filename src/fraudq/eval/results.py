@@ -66,6 +66,7 @@ def claim_results(out: Path, force: bool, reads=()):
     folder, or is a file no fraudq eval wrote (unless `force`); then holds `out` until the results are written."""
     out = Path(out)
     check_target(out, reads=reads, names=(predictions_path(out).name,) if out.name else ())
+    check_target(predictions_path(out), reads=reads)  # written too: it must not be an input either
     with hold(out):
         if not force:
             _refuse_foreign(out)
