@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -68,3 +69,17 @@ def compute_dtype(device: str, quantized: bool, setting: str = "auto"):
 
 def dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
+
+
+@contextlib.contextmanager
+def default_stop_signals():
+    """SIGTERM and SIGHUP at their defaults for the duration: vLLM manages its engine processes with these
+    signals itself, and fraudq's own handlers (cli.stop_signals_as_exceptions) stopped a run that was ending."""
+    import signal
+
+    previous = {signum: signal.signal(signum, signal.SIG_DFL) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -150,14 +150,16 @@ def run_hf(cfg: Config, info: ModelInfo, tokenizer, built: Prompts, device: str,
 def run_vllm(cfg: Config, info: ModelInfo, built: Prompts) -> Run:
     """The same prompts through vLLM (eval/vllm_runtime.py), for the runtime a checkpoint is deployed on."""
     from fraudq.eval import vllm_runtime
+    from fraudq.runtime import default_stop_signals
 
     report: dict = {}
     common = {"tensor_parallel_size": cfg.tensor_parallel_size, "data_parallel_size": cfg.data_parallel_size,
               "report": report}
-    if cfg.mode == "score":
-        values = vllm_runtime.score_with_vllm(info.path, built.texts, cfg.true_word, cfg.false_word, "", **common)
-    else:
-        values = vllm_runtime.generate_with_vllm(info.path, built.texts, cfg.max_new_tokens, **common)
+    with default_stop_signals():
+        if cfg.mode == "score":
+            values = vllm_runtime.score_with_vllm(info.path, built.texts, cfg.true_word, cfg.false_word, "", **common)
+        else:
+            values = vllm_runtime.generate_with_vllm(info.path, built.texts, cfg.max_new_tokens, **common)
     return Run(dict(enumerate(values)), report.get("wall_s") or 0.0, report.get("load_s") or 0.0,
                report.get("warmup_s") or 0.0, vllm=report)
 
