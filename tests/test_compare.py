@@ -20,7 +20,7 @@ def loaded_item(name, scores, labels=LABELS, quant=None, dtype="bfloat16", sha="
     precision, recall = c["tp"] / max(1, c["tp"] + c["fp"]), c["tp"] / max(1, c["tp"] + c["fn"])
     result = {"model": f"/models/{name}", "quantization": quant, "dtype": dtype, "threshold": threshold,
               "data": "test.jsonl", "data_sha256": sha, "eval_config": {"mode": "score"}, "confusion": c,
-              "precision": precision, "recall": recall, "f1": 2 * precision * recall / (precision + recall),
+              "precision": precision, "recall": recall, "f1": 2 * precision * recall / ((precision + recall) or 1),
               "accuracy": (c["tp"] + c["tn"]) / len(preds), "auc": roc_auc(labels, scores), "size_bytes": 1000,
               "samples_per_s": 10.0, "memory": {"peak_rss_gb": 1.0}}
     return name, result, preds
@@ -97,3 +97,12 @@ def test_terminal_output_fits_120_columns_and_markdown_keeps_everything(monkeypa
     for column in ("PR-AUC", "Brier", "ECE", "ΔP@R", "ΔR@P", "ΔAUC", "size MB", "rows/s", "peak GB"):
         assert f" {column} |" in markdown, column
     assert "## Verdict" in markdown and "int8: no answer changed" in markdown
+
+
+def test_fitting_rows_without_fraud_are_refused():
+    from fraudq.errors import BadInput
+
+    fit = [loaded_item("fp16", [1.0, -1.0], [False, False], sha="b" * 64),
+           loaded_item("int4", [1.0, -1.0], [False, False], quant={"bits": 4}, sha="b" * 64)]
+    with pytest.raises(BadInput, match="no fraud row"):
+        table_of(loaded_item("int4", OTHER, quant={"bits": 4}), fit=fit)

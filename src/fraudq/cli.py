@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import NoArgsIsHelpError, UsageError
 
 from fraudq.config import build_config
+from fraudq.console import command_output, row_progress
 from fraudq.errors import BadInput, NeedsFlag, Stopped
 from fraudq.runtime import setup_environment
 
@@ -128,13 +129,6 @@ def config_from(config_file, **flags):
     return build_config(config_file, overrides=flags)
 
 
-def quiet(cfg, command: str, verbose: bool):
-    """The command's own lines; library output in <work_dir>/logs/<command>.log unless -v. Yields say(line)."""
-    from fraudq.console import command_output
-
-    return command_output(cfg.work_path / "logs" / f"{command}.log", verbose)
-
-
 @app.command()
 @friendly_errors
 def config(config_file: ConfigFile = None,
@@ -159,7 +153,8 @@ def load(model: Annotated[str, typer.Argument(help="Local model folder.")],
     cfg = config_from(config_file, device=device, backend=backend, trust_remote_code=trust_remote_code,
                       allow_pickle=allow_pickle)
     # GPTQModel prints its loading chatter on stdout; keep stdout for the summary alone, even with -v.
-    with quiet(cfg, "load", verbose), contextlib.redirect_stdout(sys.stderr if verbose else sys.stdout):
+    shown = contextlib.redirect_stdout(sys.stderr) if verbose else contextlib.nullcontext()
+    with command_output(cfg.work_path, "load", verbose), shown:
         from fraudq.checkpoint import describe
 
         info = describe(cfg, model)
@@ -185,7 +180,7 @@ def calib(data: Annotated[Optional[str], typer.Option("--data", help="JSONL: cha
                       calib_data=data, trust_remote_code=trust_remote_code)
     require(cfg.calib_data, "--data (or calib_data in the config)")
     require(cfg.model, "--model (or model in the config)")
-    with quiet(cfg, "calib", verbose) as say:
+    with command_output(cfg.work_path, "calib", verbose) as say:
         from fraudq.calib import build_calibration
 
         build_calibration(cfg, cfg.calib_data, cfg.calib_path, force=force, skip_invalid=skip_invalid, log=say,
@@ -218,7 +213,7 @@ def quantize(bits: Annotated[int, typer.Option("--bits", help="2, 3, 4 or 8.")],
                       quant_batch_size=batch_size, engine=engine, quant_batch_tokens=batch_tokens, device=device,
                       trust_remote_code=trust_remote_code)
     require(cfg.model, "--model (or model in the config)")
-    with quiet(cfg, "quantize", verbose) as say:
+    with command_output(cfg.work_path, "quantize", verbose) as say:
         from fraudq.quant.quantize import quantize_model
 
         quantize_model(cfg, bits, cfg.calib_path, out or cfg.quant_dir(bits), force=force, log=say)
@@ -256,7 +251,6 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                  skip_invalid: SkipInvalid = False, trust_remote_code: TrustRemoteCode = None,
                  allow_pickle: AllowPickle = None, config_file: ConfigFile = None, verbose: Verbose = False):
     """Evaluate a model: confusion counts, precision, recall, F1, AUC, throughput."""
-    from fraudq.console import row_progress
     from fraudq.eval.results import claim_results
     from fraudq.thresholds import eval_threshold
     from fraudq.workspace import results_name
@@ -273,7 +267,8 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
     name = results_name(cfg, model) + (".fitted" if source["from"] == "fitted" else "")
     target = out or cfg.eval_results_path(name)
     reads = (cfg.test_data, model, config_file)
-    with claim_results(target, force, reads), row_progress("eval") as progress, quiet(cfg, "eval", verbose) as say:
+    with (claim_results(target, force, reads), row_progress("eval") as progress,
+          command_output(cfg.work_path, "eval", verbose) as say):
         from fraudq.eval.evaluate import evaluate_model
 
         result = evaluate_model(cfg, model, cfg.test_data, target, skip_invalid=skip_invalid, log=say,
@@ -298,7 +293,7 @@ def compare_command(names: Annotated[list[str], typer.Argument(help="fp16, int8,
                     verbose: Verbose = False):
     """Compare models against the unquantized baseline, evaluating where no current result exists."""
     cfg = config_from(config_file, model=model, test_data=data, mode=mode, limit=limit, dtype=dtype, device=device)
-    with quiet(cfg, "compare", verbose) as say:
+    with command_output(cfg.work_path, "compare", verbose) as say:
         from fraudq.comparison import compare_models
 
         compare_models(cfg, names, cfg.test_data or None, out or cfg.work_path / "compare", examples=examples,

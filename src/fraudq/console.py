@@ -83,8 +83,9 @@ def end_bars() -> None:
 
 
 @contextlib.contextmanager
-def command_output(log_file: Path, verbose: bool):
-    """A command's own lines on stdout; library output in `log_file` unless `verbose`. Yields say(message)."""
+def command_output(work_dir: Path, command: str, verbose: bool):
+    """A command's own lines on stdout; library output in <work_dir>/logs/<command>.log unless `verbose`.
+    Yields say(message)."""
     from tqdm import tqdm
 
     out = sys.stdout
@@ -95,7 +96,7 @@ def command_output(log_file: Path, verbose: bool):
     if verbose:
         yield say
         return
-    with stage_log(log_file):
+    with stage_log(Path(work_dir) / "logs" / f"{command}.log"):
         yield say
 
 

@@ -9,6 +9,7 @@ precision is optimistic; fitted on other rows (compare --fit-data), the figures 
 
 from __future__ import annotations
 
+from fraudq.errors import BadInput
 from fraudq.report import curves, stats
 from fraudq.report.metrics import confusion, rates
 
@@ -21,6 +22,8 @@ def fit_thresholds(fit, base_index: int) -> dict:
     """{name: the at_recall point on the fitting rows}, and the recall they aim at."""
     _, base_result, base_preds = fit[base_index]
     labels = [p["label"] for p in base_preds]
+    if not any(labels):
+        raise BadInput("the fitting rows hold no fraud row, so no threshold can restore a recall; pass other --fit-data")
     target = rates(confusion(labels, [p["prediction"] for p in base_preds]))["recall"]
     points = {}
     for name, _, preds in fit:
