@@ -146,13 +146,20 @@ def test_generate_mode_matches_fraudq_runtime(vllm, quantized, tmp_path):
 
 
 def test_eval_runtime_vllm_and_the_deployment_check_through_the_cli(vllm, quantized, tmp_path):
+    """`fraudq eval --runtime vllm` as a user runs it (its own process, since vLLM spawns its engine's), then
+    compare's deployment check on the same rows."""
+    import subprocess
+
     from conftest import one_line_error
 
     cfg = ("--config", quantized.config)
     one_line_error(run_cli("eval", "--runtime", "vllm", "--model", quantized.work / "int8", *cfg), "8-bit", "serves")
     own = run_cli("eval", "--model", quantized.work / "int4", *cfg)
-    served = run_cli("eval", "--runtime", "vllm", "--model", quantized.work / "int4", *cfg)
-    assert own.exit_code == 0 and served.exit_code == 0, served.output
+    assert own.exit_code == 0, own.output
+    served = subprocess.run([sys.executable, "-m", "fraudq", "eval", "--runtime", "vllm", "--model",
+                             str(quantized.work / "int4"), *map(str, cfg)], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert served.returncode == 0, served.stderr[-2000:]
     result = json.loads((quantized.work / "eval" / "int4.vllm.json").read_text())
     assert result["runtime"] == "vllm" and result["vllm"]["runtime"] == "vllm"
     table = run_cli("compare", "int4", "fp16", *cfg, "--out", tmp_path / "cmp")
