@@ -39,6 +39,27 @@ class _Chatter(io.TextIOBase):
 _CHATTER = _Chatter()
 
 
+class _LazyLog(io.TextIOBase):
+    """A log file created on its first write, so a command refused before any library spoke leaves none."""
+
+    def __init__(self, path: Path, mode: str):
+        self.path, self.mode, self.handle = path, mode, None
+
+    def write(self, text: str) -> int:
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, self.mode, encoding="utf-8")
+        return self.handle.write(text)
+
+    def flush(self) -> None:
+        if self.handle is not None and not self.handle.closed:
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
 def _terminal_handlers(streams: list) -> list[logging.StreamHandler]:
     """Logging handlers that write to a terminal stream: libraries imported before a stage bound them there."""
     loggers = [logging.getLogger(), *(value for value in logging.root.manager.loggerDict.values()
@@ -51,11 +72,10 @@ def _terminal_handlers(streams: list) -> list[logging.StreamHandler]:
 def stage_log(log_file: Path, append: bool = False):
     """Sends stdout and stderr (GPTQModel's tables, HF progress bars, import warnings) to a file, and with them the
     logging handlers already bound to the terminal (torch's, set up when it was imported)."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     previous, terminal = _CHATTER.sink, _CHATTER.terminal
     _CHATTER.terminal = terminal or sys.stderr
     handlers = _terminal_handlers([sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__])
-    with open(log_file, "a" if append else "w", encoding="utf-8") as sink:
+    with contextlib.closing(_LazyLog(Path(log_file), "a" if append else "w")) as sink:
         _CHATTER.sink = sink
         streams = [handler.setStream(_CHATTER) for handler in handlers]
         try:
