@@ -168,13 +168,16 @@ def test_int4_reloads_with_gptqmodel_and_with_plain_transformers(smol):
         assert torch.nn.functional.cosine_similarity(ref, got, dim=-1).min() > 0.99
 
 
-def test_eval_margins_equal_a_plain_forward_of_the_same_prompt(smol):
+def test_eval_margins_equal_a_plain_forward_of_the_same_prompt(smol, tmp_path):
     """fraudq's score mode (shared ChatML prefix through a KV cache, rows packed with 3 key/value heads) gives the
-    logit margin of one unpadded transformers forward over the prompt built by fraudq.prompts."""
-    stored = json.loads((smol["runs"] / "eval" / "fp16.json").read_text())
-    assert stored["rows"] == TEST_ROWS and stored["device"] == "cpu"
+    logit margin of one unpadded transformers forward over the prompt built by fraudq.prompts, both in fp32."""
+    out = tmp_path / "fp32.json"
+    result = run_cli("eval", "--model", smol["model"], "--dtype", "float32", "--config", smol["config"], "--out", out)
+    assert result.exit_code == 0, result.output
+    stored = json.loads(out.read_text())
+    assert stored["rows"] == TEST_ROWS and stored["device"] == "cpu" and stored["dtype"] == "float32"
     assert stored["batching"]["shared_prefix_tokens"] >= 16 and stored["batching"]["packed_rows"] == "per-row"
-    path = smol["runs"] / "eval" / "fp16.predictions.jsonl"
+    path = tmp_path / "fp32.predictions.jsonl"
     scores = [json.loads(line)["score"] for line in path.read_text().splitlines()]
     model, tokenizer = original(smol)
     logits = last_logits(model, tokenizer, eval_texts(tokenizer, smol["test"], TEST_ROWS))
