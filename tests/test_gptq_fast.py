@@ -12,10 +12,10 @@ from conftest import one_line_error, run_cli
 from fraudq.quant.engine import _Spans, _subset_hessians, calibration_batches, capture_layer_inputs, gptq_solve
 
 
-def _quantize_config(bits: int, group_size: int):
+def _quantize_config(bits: int, group_size: int, sym: bool = True):
     from gptqmodel import QuantizeConfig
 
-    return QuantizeConfig(bits=bits, group_size=group_size, damp_percent=0.01, desc_act=False, sym=True,
+    return QuantizeConfig(bits=bits, group_size=group_size, damp_percent=0.01, desc_act=False, sym=sym,
                           act_group_aware=False, offload_to_disk=False, device="cpu")
 
 
@@ -51,6 +51,52 @@ def test_solve_matches_gptqmodel_bit_for_bit(bits, group_size, columns):
     assert float(ours[4].sum()) / inputs.shape[0] == pytest.approx(library[5], rel=1e-5)
     assert ours[5] == library[6]  # damp
     assert torch.count_nonzero(ours[0][:, 7]) == 0
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1])
+@pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_stacked_solve_matches_gptqmodel_per_module_in_every_setting(bits, sym, group_size):
+    """Every setting the engine accepts: one stacked solve of a q/k/v-like trio (k and v narrower, as in
+    grouped-query attention) equals the library's solve of each module, zero points included. 192 columns
+    are a full 128-column block and a narrower one, as in a 576-wide layer; an outlier input channel and
+    one-signed groups push asymmetric zero points to both ends of their range."""
+    from gptqmodel.quantization.gptq import GPTQ
+
+    torch.manual_seed(bits * 1000 + group_size + sym)
+    columns, heights = 192, (16, 8, 8)
+    inputs = torch.randn(256, columns) * torch.linspace(0.2, 2.0, columns)
+    inputs[:, 3] *= 30  # an outlier channel
+    inputs[:, 7] = 0  # a dead column
+    weights = [torch.randn(h, columns) * 0.02 for h in heights]
+    for w in weights:
+        w[0] = w[0].abs()  # every group of this row one-signed: zero point 0 when asymmetric
+        w[1] = -w[1].abs()  # and maxq
+        w[2, 40] = 0.5  # an outlier weight
+    H = torch.zeros(columns, columns)
+    H.add_(torch.matmul(inputs.T, inputs))
+    H.mul_(2.0 / inputs.shape[0])
+    ours = gptq_solve(torch.cat(weights).half(), H, _quantize_config(bits, group_size, sym))
+    library = []
+    for w in weights:
+        linear = torch.nn.Linear(columns, w.shape[0], bias=False)
+        linear.weight.data = w.half()
+        task = GPTQ(linear, _quantize_config(bits, group_size, sym))
+        task.quantizer.configure(perchannel=True)
+        task.add_batch(inputs, None)
+        library.append(task.quantize())
+    for index, name in enumerate(("Q", "scale", "zero")):
+        assert torch.equal(ours[index], torch.cat([result[index] for result in library])), name
+    assert torch.equal(ours[3], library[0][3])  # g_idx
+    assert ours[5] == library[0][6]  # damp
+    offset = 0
+    for w, result in zip(weights, library):
+        loss = float(ours[4][offset:offset + w.shape[0]].sum()) / inputs.shape[0]
+        assert loss == pytest.approx(result[5], rel=1e-5)
+        offset += w.shape[0]
+    if not sym:
+        maxq = 2 ** bits - 1
+        assert (ours[2] == 0).any() and (ours[2] == maxq).any()  # both ends of the zero-point range exercised
 
 
 def test_engine_writes_the_library_checkpoint_bit_for_bit_at_one_row_per_batch(quantized, tmp_path):
