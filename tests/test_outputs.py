@@ -57,10 +57,14 @@ def not_called(name):
 
 @pytest.fixture
 def no_eval(monkeypatch):
-    """The checks under test come before evaluate_model: it must never run."""
+    """The checks under test come before evaluate_model: it must never run. Every module that imported it gets
+    the stand-in, and each is imported first, so none keeps the stand-in once the test ends."""
+    import fraudq.comparison
     import fraudq.eval.evaluate
+    import fraudq.pipeline
 
-    monkeypatch.setattr(fraudq.eval.evaluate, "evaluate_model", not_called("evaluate_model"))
+    for module in (fraudq.eval.evaluate, fraudq.comparison, fraudq.pipeline):
+        monkeypatch.setattr(module, "evaluate_model", not_called("evaluate_model"))
 
 
 @pytest.fixture
