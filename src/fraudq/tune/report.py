@@ -29,8 +29,8 @@ def progress_line(index: int, total: int, cand, remaining: int, best, nearest) -
         body = f"pruned ({cand.pruned_by})"
     else:
         val = cand.outcome["val"]
-        did = "ran" if cand.status == "ran" else "skipped: finished earlier,"
-        body = (f"{did} {cand.outcome['seconds']:.1f} s, {cand.outcome['engine']} engine: {cand.bits:.3f} bits/weight, "
+        did = f"ran in {cand.outcome['seconds']:.1f} s" if cand.status == "ran" else "skipped (finished earlier)"
+        body = (f"{did}, {cand.outcome['engine']} engine: {cand.bits:.3f} bits/weight, "
                 f"{val['flips']} flips ({val['flip_rate']:.1%}), dF1 {val['delta_f1']:+.4f}, "
                 f"McNemar p {val['mcnemar_p']:.3f}: {verdict(cand)}")
     lead = f"best so far {best.id} ({best.bits:.3f} bits)" if best else (
