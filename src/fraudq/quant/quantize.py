@@ -62,14 +62,19 @@ def _versions() -> dict:
 EXTRA_KEYS = ("mse", "act_group_aware", "dynamic")
 
 
-def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: bool = False, log=print,
-                   extra: dict | None = None) -> dict:
-    """`extra`: any of EXTRA_KEYS; act_group_aware and dynamic need engine gptqmodel."""
+def checked_extra(cfg: Config, extra: dict | None) -> dict:
+    """Any of EXTRA_KEYS; act_group_aware and dynamic need engine gptqmodel."""
     extra = dict(extra or {})
     if set(extra) - set(EXTRA_KEYS):
         raise BadInput(f"unknown quantize settings {sorted(set(extra) - set(EXTRA_KEYS))}")
     if cfg.engine == "fraudq" and (extra.get("act_group_aware") or extra.get("dynamic")):
         raise BadInput("act_group_aware and dynamic need engine gptqmodel; fraudq's engine does plain GPTQ order")
+    return extra
+
+
+def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: bool = False, log=print,
+                   extra: dict | None = None) -> dict:
+    extra = checked_extra(cfg, extra)
     info = inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
     if info.quant is not None:
         raise BadInput(f"{info.path} is already quantized ({info.quant['bits']}-bit); quantize the original model")
