@@ -3,7 +3,13 @@
 torch and transformers are imported once, before any thread exists, and each scenario is a forked child,
 so all of them cost one set of imports. Usage: python interrupt_driver.py RUNS.json CODES.json
 """
-import json, os, signal, sys, threading, time, traceback
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
 from pathlib import Path
 
 import torch  # noqa: F401

@@ -153,3 +153,18 @@ def test_truncated_weights_are_bad_input(project, tmp_path):
     blob = weights.read_bytes()
     weights.write_bytes(blob[: len(blob) // 2])
     one_line_error(run_cli("load", model), "truncated or damaged")
+
+
+def test_row_longer_than_the_context_keeps_head_and_tail(project, tmp_path):
+    """A row past the model's 2,048-token context is cut in the middle, scored and counted, not a crash."""
+    rows = rows_of(project.test, 3)
+    rows[1]["input"] = rows[1]["input"] * 80
+    data = write_rows(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "r.json"
+    result = run_cli("eval", "--config", project.config, "--model", project.model, "--data", data, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "1 rows are longer than the model's context of 2048 tokens" in result.output
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == 3 and saved["truncated_rows"] == 1
+    predictions = (tmp_path / "r.predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 3 and all(json.loads(p)["score"] is not None for p in predictions)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 
 import pytest
 import torch
 
-from conftest import CALIB_ROWS, TEST_ROWS, run_cli
+from conftest import CALIB_ROWS, TEST_ROWS, one_line_error, run_cli
 
 
 def read_json(path):
@@ -107,21 +108,132 @@ def test_eval_score_and_generate_and_compare(quantized):
 
     gen = run_cli("eval", "--model", quantized.model, "--mode", "generate", *cfg)
     assert gen.exit_code == 0, gen.output
-    generated = [json.loads(line) for line in (quantized.work / "eval" / "fp16.generate.predictions.jsonl").read_text().splitlines()]
+    generated_file = quantized.work / "eval" / "fp16.generate.predictions.jsonl"
+    generated = [json.loads(line) for line in generated_file.read_text().splitlines()]
     agree = sum(g["prediction"] == p["prediction"] for g, p in zip(generated, predictions)) / TEST_ROWS
     assert agree >= 0.9, agree
 
     result = run_cli("compare", "int8", "int4", "fp16", *cfg)
     assert result.exit_code == 0, result.output
-    assert "fp16 (baseline)" in result.stdout and "int4" in result.stdout
+    assert "fp16 (bf16, baseline)" in result.stdout and "int4 (bf16)" in result.stdout
+    assert fp16["dtype"] == "bfloat16"  # the baseline computes in the quantized kernels' dtype by default
     table = read_json(quantized.work / "compare" / "compare.json")
     assert table["baseline"] == "fp16"
     int8 = next(m for m in table["models"] if m["name"] == "int8")
     flips = int8["vs_baseline"]["flips"]
-    int8_preds = [json.loads(line) for line in (quantized.work / "eval" / "int8.predictions.jsonl").read_text().splitlines()]
+    int8_preds = read_predictions(quantized.work / "eval" / "int8.predictions.jsonl")
     assert flips["total"] == sum(a["prediction"] != b["prediction"] for a, b in zip(predictions, int8_preds))
     assert flips["total"] <= TEST_ROWS * 0.05  # 8-bit barely moves a classifier
     assert "| model |" in (quantized.work / "compare" / "compare.md").read_text()
+    assert "verdict:" in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines() if "/" not in line) <= 120  # paths aside
+
+
+def read_predictions(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_compare_numbers_agree_with_a_plain_recomputation(quantized):
+    """Every figure of the table, recomputed row by row from the predictions files alone."""
+    from test_curves import _plain_precision_at_recall
+
+    run = run_cli("compare", "int8", "int4", "fp16", "--config", quantized.config)
+    assert run.exit_code == 0, run.output
+    table = read_json(quantized.work / "compare" / "compare.json")
+    preds = {m: read_predictions(quantized.work / "eval" / f"{m}.predictions.jsonl") for m in ("fp16", "int8", "int4")}
+    labels = [p["label"] for p in preds["fp16"]]
+    base_hits = [p["prediction"] and p["label"] for p in preds["fp16"]]
+    target_recall = sum(base_hits) / sum(labels)
+    target_precision = sum(base_hits) / sum(p["prediction"] for p in preds["fp16"])
+    assert table["targets"]["recall"] == pytest.approx(target_recall)
+    fitted = {m["name"]: m for m in table["fitted"]["models"]}
+    for row in table["models"]:
+        rows = preds[row["name"]]
+        scores = [p["score"] for p in rows]
+        tp = sum(p["prediction"] and p["label"] for p in rows)
+        assert row["precision"] == pytest.approx(tp / sum(p["prediction"] for p in rows))
+        assert row["recall"] == pytest.approx(tp / sum(labels))
+        pos = [s for s, y in zip(scores, labels) if y]
+        neg = [s for s, y in zip(scores, labels) if not y]
+        auc = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+        assert row["auc"] == pytest.approx(auc)
+        assert row["precision_at_recall"] == pytest.approx(_plain_precision_at_recall(labels, scores, target_recall))
+        best = max(sum(y and s >= t for s, y in zip(scores, labels)) for t in set(scores)
+                   if sum(y and s >= t for s, y in zip(scores, labels)) / sum(s >= t for s in scores)
+                   >= target_precision - 1e-9)
+        assert row["recall_at_precision"] == pytest.approx(best / sum(labels))
+        assert row["brier"] == pytest.approx(sum((1 / (1 + math.exp(-s)) - y) ** 2 for s, y in zip(scores, labels))
+                                             / len(labels))
+        assert row["ties"]["tied_rows"] == sum(scores.count(s) > 1 for s in scores)
+        # The fitted threshold restores the baseline's recall on the fitting rows (here the test rows).
+        threshold = fitted[row["name"]]["threshold"]
+        assert sum(y and s > threshold for s, y in zip(scores, labels)) / sum(labels) >= target_recall
+        assert fitted[row["name"]]["on_rows"]["precision"] == pytest.approx(row["precision_at_recall"])
+    for name in ("int8", "int4"):
+        record = read_json(quantized.work / name / "fraudq_threshold.json")
+        assert record["threshold"] == fitted[name]["threshold"] and record["target_recall"] == target_recall
+        assert record["fitted_on"]["data_sha256"] == table["data_sha256"]
+    assert not (quantized.model / "fraudq_threshold.json").exists()  # the user's model folder is left alone
+    assert "fitted and are reported on the same rows" in run.stdout
+
+
+def test_threshold_flag_is_a_plain_comparison_of_the_margins(quantized, tmp_path):
+    """--threshold T predicts margin > T, a margin equal to T included as not fraud; 'fitted' reads compare's file."""
+    cfg = ("--config", quantized.config, "--limit", "40")
+    base = run_cli("eval", "--model", quantized.work / "int4", *cfg, "--out", tmp_path / "base.json")
+    assert base.exit_code == 0, base.output
+    margins = [p["score"] for p in read_predictions(tmp_path / "base.predictions.jsonl")]
+    tied = sorted(margins)[len(margins) // 2]  # a stored margin: the rows on it must come out not fraud
+    moved = run_cli("eval", "--model", quantized.work / "int4", *cfg, "--threshold", repr(tied),
+                    "--out", tmp_path / "moved.json")
+    assert moved.exit_code == 0, moved.output
+    rows = read_predictions(tmp_path / "moved.predictions.jsonl")
+    assert [p["score"] for p in rows] == margins
+    assert [p["prediction"] for p in rows] == [m > tied for m in margins]
+    result = read_json(tmp_path / "moved.json")
+    assert result["threshold"] == tied and result["threshold_source"] == {"from": "flag"}
+    assert f"fraud when margin > {tied:g} (flag)" in moved.stdout
+
+    run = run_cli("compare", "int4", "fp16", "--config", quantized.config, "--limit", "40",
+                  "--out", tmp_path / "cmp")
+    assert run.exit_code == 0, run.output
+    fitted = read_json(quantized.work / "int4" / "fraudq_threshold.json")
+    again = run_cli("eval", "--model", quantized.work / "int4", *cfg, "--threshold", "fitted")
+    assert again.exit_code == 0, again.output
+    result = read_json(quantized.work / "eval" / "int4.fitted.json")
+    assert result["threshold"] == fitted["threshold"] and result["threshold_source"]["from"] == "fitted"
+    assert result["recall"] >= fitted["target_recall"]
+    assert "fitted on these same rows" in again.stderr
+    one_line_error(run_cli("eval", "--model", quantized.model, *cfg, "--threshold", "fitted"), "does not exist")
+    one_line_error(run_cli("eval", "--model", quantized.model, *cfg, "--threshold", "high"), "number or 'fitted'")
+
+
+def test_fit_data_holds_the_thresholds_out(quantized, tmp_path):
+    fit = tmp_path / "fit.jsonl"
+    fit.write_text("".join(quantized.train.read_text().splitlines(keepends=True)[:30]))
+    out = ("--out", tmp_path / "cmp")
+    run = run_cli("compare", "int4", "fp16", "--config", quantized.config, "--limit", "30", "--fit-data", fit, *out)
+    assert run.exit_code == 0, run.output
+    assert run.stdout.count("no current result") >= 2  # the fitting rows are evaluated through the same path
+    assert (quantized.work / "eval" / "int4.fit.json").is_file()
+    fitted = read_json(tmp_path / "cmp" / "compare.json")["fitted"]
+    assert not fitted["same_rows"] and fitted["fit_rows"] == 30
+    assert "same rows" not in run.stdout
+    record = read_json(quantized.work / "int4" / "fraudq_threshold.json")
+    assert record["fitted_on"]["data_sha256"] == read_json(quantized.work / "eval" / "int4.fit.json")["data_sha256"]
+    fit_preds = read_predictions(quantized.work / "eval" / "int4.fit.predictions.jsonl")
+    recall = sum(p["label"] and p["score"] > record["threshold"] for p in fit_preds) / sum(p["label"] for p in fit_preds)
+    assert recall >= fitted["target_recall"]
+
+
+def test_compare_finds_the_test_data_the_results_record(quantized, tmp_path):
+    work = read_json(quantized.work / "eval" / "fp16.json")
+    assert run_cli("compare", "int4", "fp16", "--config", quantized.config).exit_code == 0
+    env = {"FRAUDQ_TEST_DATA": ""}
+    found = run_cli("compare", "int4", "fp16", "--config", quantized.config, "--out", tmp_path / "c", env=env)
+    assert found.exit_code == 0, found.output
+    assert found.stdout.count("which every results file records") == 1 and "no current result" not in found.stdout
+    assert work["data"] in found.stdout or "test.jsonl" in found.stdout
 
 
 def test_compare_evaluates_only_what_is_stale(quantized):
@@ -143,7 +255,7 @@ def test_scores_do_not_depend_on_batching(project, tmp_path, batch_size):
     for size in ("auto", batch_size):
         out = tmp_path / f"{size}.json"
         result = run_cli("eval", "--model", project.model, "--config", project.config, "--limit", "24",
-                         "--batch-size", size, "--out", out)
+                         "--batch-size", size, "--out", out, "--dtype", "float32")
         assert result.exit_code == 0, result.output
         outs[size] = [json.loads(line)["score"] for line in (tmp_path / f"{size}.predictions.jsonl").read_text().splitlines()]
     assert outs["auto"] == pytest.approx(outs[batch_size], abs=1e-4)
@@ -162,7 +274,7 @@ def test_candidates_score_as_summed_log_probs(project, shared, pack, words):
 
     info = inspect_model(project.model)
     tokenizer = load_tokenizer(info)
-    model = load_model(info, "cpu")
+    model = load_model(info, "cpu", dtype="float32")  # the 1e-4 bound is fp32's; bf16 rounds paths apart
     head = "下面是一段对话文本, 请分析对话内容是否有诈骗风险，以json格式输出你的判断结果。\n"
     texts = [head + "甲: 你好", head + "乙: 请转账到安全账户，马上", head + "丙: 好"]
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -193,7 +305,7 @@ def test_shared_prefix_gives_the_scores_of_whole_prompts(project, tmp_path):
     for flag in ("--share-prefix", "--no-share-prefix"):
         out = tmp_path / f"{flag}.json"
         result = run_cli("eval", "--model", project.model, "--config", project.config, "--limit", "24",
-                         "--batch-size", "5", flag, "--out", out)
+                         "--batch-size", "5", flag, "--out", out, "--dtype", "float32")
         assert result.exit_code == 0, result.output
         outs[flag] = ([json.loads(line) for line in (tmp_path / f"{flag}.predictions.jsonl").read_text().splitlines()],
                       json.loads(out.read_text())["batching"]["shared_prefix_tokens"])

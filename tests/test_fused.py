@@ -1,4 +1,4 @@
-"""The eval speed-ups' switches (fraudq/fused.py). Their speed is a GPU measurement (docs/BENCHMARKS.md); here:
+"""The eval speed-ups' switches (fraudq/eval/kernels.py). Their speed is a GPU measurement (docs/BENCHMARKS.md); here:
 who gets them, what the results file says, and the one-line errors."""
 
 from __future__ import annotations

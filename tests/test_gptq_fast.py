@@ -113,7 +113,6 @@ def test_padding_stays_out_of_the_hessian(project):
     (fp32, CPU)."""
     from transformers import AutoModelForCausalLM
 
-    from fraudq.calib import read_calibration
     from fraudq.checkpoint import inspect_model, load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(project.model), dtype=torch.float32).eval()

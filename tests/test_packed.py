@@ -107,7 +107,7 @@ def test_sliding_window_models_are_not_packed():
 def _eval(project, tmp_path, name, *flags):
     out = tmp_path / f"{name}.json"
     result = run_cli("eval", "--model", project.model, "--config", project.config, "--limit", "40", "--out", out,
-                     *flags)
+                     "--dtype", "float32", *flags)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / f"{name}.predictions.jsonl").read_text().splitlines()]
     return json.loads(out.read_text()), rows

@@ -50,12 +50,14 @@ def test_run_does_every_stage_and_writes_the_report(first_run):
     table = read_json(work / "compare" / "compare.json")
     assert table["baseline"] == "fp16" and [m["name"] for m in table["models"]] == ["fp16", "int8", "int4"]
     int4 = table["models"][2]["vs_baseline"]
-    assert {"flips", "bootstrap", "margin_shift", "at_matched_recall"} <= set(int4)
+    assert {"flips", "bootstrap", "margin_shift"} <= set(int4)
+    assert {"precision_at_recall", "recall_at_precision", "auc", "brier"} <= set(int4["bootstrap"])
+    assert (work / "int4" / "fraudq_threshold.json").is_file() and "fitted" in table
     markdown = (work / "compare" / "compare.md").read_text(encoding="utf-8")
     for png in ("metrics", "pr_curves", "size_vs_f1", "margins"):
         assert (work / "compare" / "plots" / f"{png}.png").stat().st_size > 10_000
         assert f"(plots/{png}.png)" in markdown
-    assert "fp16 (baseline)" in result.stdout and "margin shift mean" in result.stdout
+    assert "fp16 (bf16, baseline)" in result.stdout and "margin shift mean" in result.stdout
     # GPTQModel's chatter lands in the stage's log under the work dir, not on the terminal.
     assert "INFO  " in (work / "logs" / "quantize-int4.log").read_text(encoding="utf-8")
     assert "INFO  " not in result.output
@@ -67,7 +69,7 @@ def test_second_run_skips_every_stage(first_run):
     assert again.exit_code == 0, again.output
     assert stage_status(again.stdout) == dict.fromkeys(STAGES, "skipped")
     assert "skipped 7 of 7 stages" in again.stdout
-    assert "fp16 (baseline)" in again.stdout  # the stored table is shown again
+    assert "fp16 (bf16, baseline)" in again.stdout and "verdict:" in again.stdout  # the stored table again
 
 
 def test_force_reruns_one_stage_and_downstream_goes_by_hash(first_run):
@@ -81,6 +83,9 @@ def test_force_reruns_one_stage_and_downstream_goes_by_hash(first_run):
     # GPTQ on CPU is deterministic: the new int4 has the old bytes, so its eval is still current.
     assert read_json(work / "int4.stamp.json")["output_sha256"] == before["output_sha256"]
     assert read_json(work / "eval" / "int4.json")["model_fingerprint"] == before["output_sha256"]
+    # Only compare reruns: the new folder lacks the threshold file compare writes beside the checkpoint.
+    assert status.pop("compare") == "ran" and "threshold file missing in int4" in forced.stdout
+    assert (work / "int4" / "fraudq_threshold.json").is_file()
     assert set(status.values()) == {"skipped"}
 
 
@@ -120,8 +125,11 @@ def test_demo_end_to_end_then_resumes(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     out = tmp_path / "fraudq-demo"
     assert stage_status(result.stdout) == dict.fromkeys(STAGES, "ran")
-    assert "train          ran" in result.stdout and "fp16 (baseline)" in result.stdout
-    assert str(out / "runs" / "compare" / "compare.md") in result.stdout
+    assert "train          ran" in result.stdout and "fp16 (bf16, baseline)" in result.stdout
+    assert "fraudq-demo/runs/compare/compare.md" in result.stdout  # shown relative to the working folder
+    # The whole terminal output fits a 120-column terminal.
+    lines = (result.stdout + result.stderr).splitlines()
+    assert max(map(len, lines)) <= 120, max(lines, key=len)
     for split, rows in (("train", 48), ("test", 24)):
         assert len((out / "data" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()) == rows
     assert read_json(out / "runs" / "compare" / "compare.json")["rows"] == 24

@@ -4,7 +4,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest

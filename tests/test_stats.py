@@ -11,7 +11,6 @@ from fraudq.report.stats import (
     flips,
     margin_shift,
     mcnemar_exact,
-    precision_at_recall,
 )
 
 
@@ -101,20 +100,6 @@ def test_metric_ci_contains_point_and_is_deterministic():
 def test_bootstrap_rejects_mismatched_lengths():
     with pytest.raises(ValueError):
         bootstrap_deltas([True, False], [True], [True, False])
-
-
-def test_precision_at_recall():
-    labels = [True, False, True, False, True, False]
-    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.1]
-    # Recall 1/3 first reached at 0.9 (P 1), 2/3 at 0.7 (P 2/3), 1 at 0.5 (P 3/5).
-    assert precision_at_recall(labels, scores, 0.3) == {"precision": 1.0, "threshold": 0.9, "recall": pytest.approx(1 / 3)}
-    assert precision_at_recall(labels, scores, 2 / 3)["threshold"] == 0.7
-    r = precision_at_recall(labels, scores, 1.0)
-    assert r["threshold"] == 0.5 and r["precision"] == pytest.approx(0.6) and r["recall"] == 1.0
-    with pytest.raises(ValueError):
-        precision_at_recall(labels, scores, 1.01)
-    with pytest.raises(ValueError):
-        precision_at_recall([False, False], [0.1, 0.2], 0.5)
 
 
 def test_margin_shift():

@@ -6,7 +6,7 @@
 #   Needs the offline wheel bundle in .whl/ (gptqmodel 7.5.0 and what it needs, optimum, liger-kernel).
 # Merge the phases' JSON files with: python scripts/bench/bench_merge.py OUT_DIR... --out docs/bench/DATE-CARD.json
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 phase=${1:?usage: bench_gpu.sh PHASE OUT_DIR [DATA_DIR]}
 out=${2:?usage: bench_gpu.sh PHASE OUT_DIR [DATA_DIR]}
 data=${3:-.gpu/data}

@@ -8,8 +8,9 @@ import random
 from pathlib import Path
 
 from fraudq import prompts
-from fraudq.atomic import atomic_write_json, atomic_write_text, check_writable
+from fraudq.atomic import atomic_write_json, atomic_write_text, check_target, check_writable, hold
 from fraudq.config import Config
+from fraudq.console import shown
 from fraudq.data import Row, file_sha256, read_jsonl
 from fraudq.errors import BadInput
 from fraudq.checkpoint import inspect_model, load_tokenizer
@@ -44,8 +45,18 @@ def percentile(sorted_values: list[int], q: float) -> int:
 
 
 def build_calibration(cfg: Config, data: str, out: Path, force: bool = False, skip_invalid: bool = False,
-                      log=print) -> dict:
-    check_writable(out, force)
+                      log=print, reads=()) -> dict:
+    """`reads`: further inputs of the run (the config file) that `out` must not replace."""
+    out = Path(out)
+    reads = (data, cfg.model, *reads)
+    check_target(out, reads=reads, names=(meta_path(out).name,) if out.name else ())
+    check_target(meta_path(out), reads=reads)  # written too: it must not be an input either
+    with hold(out):
+        check_writable(out, force)
+        return _build(cfg, data, out, skip_invalid, log)
+
+
+def _build(cfg: Config, data: str, out: Path, skip_invalid: bool, log) -> dict:
     dataset = read_jsonl(data, need_label=True, skip_invalid=skip_invalid)
     info = inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
     tokenizer = load_tokenizer(info, cfg.trust_remote_code)
@@ -118,12 +129,22 @@ def format_stats(stats: dict, out: Path) -> str:
         f"dropped: {dropped}\n"
         f"tokens per row: mean {tokens['mean']}, p50 {tokens['p50']}, p99 {tokens['p99']}, max {tokens['max']}; "
         f"{stats['truncated']} truncated; {tokens['total']} tokens in all\n"
-        f"written to {out}"
+        f"written to {shown(out)}"
     )
 
 
-def read_calibration(path: Path) -> tuple[list[list[int]], dict]:
-    """Token ids plus the metadata written beside them; a damaged file is a one-line error."""
+def _check_ids(ids, vocab_size: int | None, where: str) -> None:
+    if not ids or not all(type(i) is int and i >= 0 for i in ids):
+        raise ValueError("bad token ids")
+    # A hand-edited id past the embedding would fail deep inside GPTQ, after the model has loaded.
+    if vocab_size is not None and max(ids) >= vocab_size:
+        raise BadInput(f"{where}: token id {max(ids)} is outside the model's vocabulary of {vocab_size}; "
+                       "rebuild it with 'fraudq calib'")
+
+
+def read_calibration(path: Path, vocab_size: int | None = None) -> tuple[list[list[int]], dict]:
+    """Token ids (each below `vocab_size` when given) plus the metadata written beside them; a damaged file is
+    a one-line error."""
     if not path.is_file():
         raise BadInput(f"calibration file {path} does not exist; run 'fraudq calib' first")
     if not meta_path(path).is_file():
@@ -132,8 +153,7 @@ def read_calibration(path: Path) -> tuple[list[list[int]], dict]:
     try:
         for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             ids = json.loads(line)["input_ids"]
-            if not ids or not all(isinstance(i, int) and i >= 0 for i in ids):
-                raise ValueError("bad token ids")
+            _check_ids(ids, vocab_size, f"{path}:{line_no}")
             rows.append(ids)
         meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):

@@ -11,8 +11,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraudq.errors import BadInput
-from fraudq.runtime import default_dtype, dir_size, resolve_device
+from fraudq.errors import BadInput, NeedsFlag
+from fraudq.runtime import compute_dtype, dir_size, resolve_device
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "qwen.tiktoken")
@@ -69,20 +69,18 @@ def inspect_model(
         custom = config if name == "config.json" else (
             _read_json(path / name) if (path / name).is_file() else {})
         if custom.get("auto_map") and not trust_remote_code:
-            raise BadInput(
-                f"{model} asks to run custom code from the checkpoint (auto_map in {name}); "
-                "pass --trust-remote-code only if you trust its author"
-            )
+            raise NeedsFlag(f"{model} asks to run custom code from the checkpoint (auto_map in {name})",
+                            "trust_remote_code", "pass --trust-remote-code only if you trust its author",
+                            "this command never runs checkpoint code")
     safetensors = safetensors_files(path)
     if safetensors:
         check_claimed_sizes(path, config, safetensors)
     pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not safetensors:
         if pickles and not allow_pickle:
-            raise BadInput(
-                f"{model} has only pickle weights ({pickles[0].name}), which can run code when loaded; "
-                "convert them to safetensors or pass --allow-pickle"
-            )
+            raise NeedsFlag(f"{model} has only pickle weights ({pickles[0].name}), which can run code when loaded",
+                            "allow_pickle", "convert them to safetensors or pass --allow-pickle",
+                            "convert them to safetensors")
         if not pickles:
             raise BadInput(f"{model} has no weight files (*.safetensors)")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
@@ -188,20 +186,20 @@ def load_tokenizer(info: ModelInfo, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(info: ModelInfo, device: str, backend: str = "auto", trust_remote_code: bool = False):
-    """Returns an eval-mode torch model placed wholly on `device`.
+def load_model(info: ModelInfo, device: str, backend: str = "auto", trust_remote_code: bool = False,
+               dtype: str = "auto"):
+    """Returns an eval-mode torch model placed wholly on `device`, computing in runtime.compute_dtype's choice.
 
     GPTQ checkpoints go through GPTQModel with an explicit kernel, never device_map="auto":
     that offload path raises "Found modules on cpu/disk" when memory is tight.
     """
-    import torch
-
+    chosen_dtype = compute_dtype(device, info.quant is not None, dtype)
     if info.quant is None:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
             str(info.path),
-            dtype=default_dtype(device),
+            dtype=chosen_dtype,
             local_files_only=True,
             trust_remote_code=trust_remote_code,
             use_safetensors=info.weight_files[0].suffix == ".safetensors",
@@ -210,8 +208,7 @@ def load_model(info: ModelInfo, device: str, backend: str = "auto", trust_remote
     from fraudq.quant import gptqmodel_api
 
     chosen = kernel_for(info.quant, device, backend)
-    dtype = default_dtype(device) if device.startswith("cuda") else torch.bfloat16  # its CPU kernels need 16-bit
-    model = gptqmodel_api.load_quantized(info.path, device, chosen, dtype, trust_remote_code)
+    model = gptqmodel_api.load_quantized(info.path, device, chosen, chosen_dtype, trust_remote_code)
     model.fraudq_kernel = chosen
     return model.eval()
 
@@ -230,9 +227,11 @@ def kernel_for(quant: dict, device: str, backend: str) -> str:
 
 
 def fingerprint(info: ModelInfo) -> str:
-    """sha256 over config and weight bytes: names the exact model an eval result belongs to."""
+    """sha256 over the files the weight loader opens (config, index, the shards it names): names the exact
+    model an eval result belongs to; a file the loader never opens does not change it."""
     digest = hashlib.sha256()
-    for file in [info.path / "config.json", *info.weight_files]:
+    index = [info.path / SAFETENSORS_INDEX] if (info.path / SAFETENSORS_INDEX).is_file() else []
+    for file in [info.path / "config.json", *index, *info.weight_files]:
         digest.update(file.name.encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):

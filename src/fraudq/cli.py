@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import os
 import signal
@@ -21,7 +22,8 @@ except ImportError:  # pragma: no cover
     from click.exceptions import NoArgsIsHelpError, UsageError
 
 from fraudq.config import build_config
-from fraudq.errors import BadInput, Stopped
+from fraudq.console import command_output, row_progress
+from fraudq.errors import BadInput, NeedsFlag, Stopped
 from fraudq.runtime import setup_environment
 
 
@@ -60,6 +62,9 @@ TrustRemoteCode = Annotated[Optional[bool], typer.Option("--trust-remote-code", 
 AllowPickle = Annotated[Optional[bool], typer.Option("--allow-pickle", help="Load pickle (.bin/.pt) weights.")]
 SkipInvalid = Annotated[bool, typer.Option("--skip-invalid", help="Skip bad rows and report how many, instead of stopping.")]
 Device = Annotated[Optional[str], typer.Option("--device", help="cuda or cpu (default: auto).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show library output (default: in <work_dir>/logs/).")]
+DType = Annotated[Optional[str], typer.Option(
+    "--dtype", help="Unquantized models: auto (the GPTQ kernels' dtype), float32, bfloat16 or float16.")]
 
 
 def _raise_stopped(signum, _frame):
@@ -84,6 +89,14 @@ def friendly_errors(command):
     """Bad input ends in one line and exit 2; Ctrl-C in exit 130, SIGTERM in 143 and SIGHUP in 129, each after
     removing what was half-written; nothing ends in a raw traceback."""
 
+    params = inspect.signature(command).parameters  # advice names only flags this command has
+
+    def say(line: str) -> None:
+        from fraudq.console import end_bars
+
+        end_bars()
+        typer.echo(line, err=True)
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         setup_environment()
@@ -91,14 +104,14 @@ def friendly_errors(command):
             with stop_signals_as_exceptions():
                 return command(*args, **kwargs)
         except BadInput as exc:
-            typer.echo(f"fraudq: error: {exc}", err=True)
+            say(f"fraudq: error: {exc.for_command(params) if isinstance(exc, NeedsFlag) else exc}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("fraudq: interrupted; nothing partial was left behind", err=True)
+            say("fraudq: interrupted; nothing partial was left behind")
             raise typer.Exit(130) from None
         except Stopped as exc:
             name = signal.Signals(exc.signum).name
-            typer.echo(f"fraudq: stopped by {name}; nothing partial was left behind", err=True)
+            say(f"fraudq: stopped by {name}; nothing partial was left behind")
             raise typer.Exit(128 + exc.signum) from None
         except typer.Exit:
             raise
@@ -106,8 +119,7 @@ def friendly_errors(command):
             if os.environ.get("FRAUDQ_DEBUG"):
                 traceback.print_exc()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            typer.echo(f"fraudq: failed: {type(exc).__name__}: {first[:300]} (set FRAUDQ_DEBUG=1 for details)",
-                       err=True)
+            say(f"fraudq: failed: {type(exc).__name__}: {first[:300]} (set FRAUDQ_DEBUG=1 for details)")
             raise typer.Exit(1) from None
 
     return wrapper
@@ -136,14 +148,15 @@ def load(model: Annotated[str, typer.Argument(help="Local model folder.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
          device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
          trust_remote_code: TrustRemoteCode = None, allow_pickle: AllowPickle = None,
-         config_file: ConfigFile = None):
+         config_file: ConfigFile = None, verbose: Verbose = False):
     """Load a checkpoint (fp16/bf16/fp32 or GPTQ) and print a summary."""
-    from fraudq.checkpoint import describe
-
     cfg = config_from(config_file, device=device, backend=backend, trust_remote_code=trust_remote_code,
                       allow_pickle=allow_pickle)
-    # GPTQModel prints its loading chatter on stdout; keep stdout for the summary alone.
-    with contextlib.redirect_stdout(sys.stderr):
+    # GPTQModel prints its loading chatter on stdout; keep stdout for the summary alone, even with -v.
+    shown = contextlib.redirect_stdout(sys.stderr) if verbose else contextlib.nullcontext()
+    with command_output(cfg.work_path, "load", verbose), shown:
+        from fraudq.checkpoint import describe
+
         info = describe(cfg, model)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -155,20 +168,23 @@ def load(model: Annotated[str, typer.Argument(help="Local model folder.")],
 @app.command()
 @friendly_errors
 def calib(data: Annotated[Optional[str], typer.Option("--data", help="JSONL: chat or labelled rows.")] = None,
-          out: Annotated[Optional[Path], typer.Option("--out", help="Calibration file (default: <work_dir>/calib.jsonl).")] = None,
+          out: Annotated[Optional[Path], typer.Option(
+              "--out", help="Calibration file (default: <work_dir>/calib.jsonl).")] = None,
           n: Annotated[Optional[int], typer.Option("--n", help="Rows to sample (0 = all).")] = None,
           max_len: Annotated[Optional[int], typer.Option("--max-len", help="Truncate each row to this many tokens.")] = None,
           seed: Annotated[Optional[int], typer.Option("--seed")] = None,
           model: Model = None, force: Force = False, skip_invalid: SkipInvalid = False,
-          trust_remote_code: TrustRemoteCode = None, config_file: ConfigFile = None):
+          trust_remote_code: TrustRemoteCode = None, config_file: ConfigFile = None, verbose: Verbose = False):
     """Build the calibration set through the model's chat template."""
-    from fraudq.calib import build_calibration
-
     cfg = config_from(config_file, model=model, calib_n=n, max_len=max_len, seed=seed, calib_file=out,
                       calib_data=data, trust_remote_code=trust_remote_code)
     require(cfg.calib_data, "--data (or calib_data in the config)")
     require(cfg.model, "--model (or model in the config)")
-    build_calibration(cfg, cfg.calib_data, cfg.calib_path, force=force, skip_invalid=skip_invalid, log=typer.echo)
+    with command_output(cfg.work_path, "calib", verbose) as say:
+        from fraudq.calib import build_calibration
+
+        build_calibration(cfg, cfg.calib_data, cfg.calib_path, force=force, skip_invalid=skip_invalid, log=say,
+                          reads=(config_file,))
 
 
 @app.command()
@@ -190,16 +206,17 @@ def quantize(bits: Annotated[int, typer.Option("--bits", help="2, 3, 4 or 8.")],
              batch_tokens: Annotated[Optional[int], typer.Option(
                  "--batch-tokens", help="Padded calibration tokens per forward (--engine fraudq).")] = None,
              device: Device = None, force: Force = False, trust_remote_code: TrustRemoteCode = None,
-             config_file: ConfigFile = None):
+             config_file: ConfigFile = None, verbose: Verbose = False):
     """GPTQ-quantize the model (GPTQModel's math and format) and write a checkpoint plus quant_report.json."""
-    from fraudq.quant.quantize import quantize_model
-
     cfg = config_from(config_file, model=model, calib_file=calib, group_size=group_size, damp=damp,
                       desc_act=desc_act, sym=sym, true_sequential=true_sequential, static_groups=static_groups,
                       quant_batch_size=batch_size, engine=engine, quant_batch_tokens=batch_tokens, device=device,
                       trust_remote_code=trust_remote_code)
     require(cfg.model, "--model (or model in the config)")
-    quantize_model(cfg, bits, cfg.calib_path, out or cfg.quant_dir(bits), force=force, log=typer.echo)
+    with command_output(cfg.work_path, "quantize", verbose) as say:
+        from fraudq.quant.quantize import quantize_model
+
+        quantize_model(cfg, bits, cfg.calib_path, out or cfg.quant_dir(bits), force=force, log=say)
 
 
 @app.command(name="eval")
@@ -218,24 +235,47 @@ def eval_command(model: Annotated[Optional[str], typer.Option("--model", help="M
                  fused_kernels: Annotated[Optional[str], typer.Option(
                      "--fused-kernels", help="On CUDA: auto, liger (liger-kernel's fused ops) or off.")] = None,
                  out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (predictions go beside it).")] = None,
+                 threshold: Annotated[Optional[str], typer.Option(
+                     "--threshold", help="Score mode: fraud when margin > T; a number, or 'fitted' for the "
+                     "threshold compare wrote beside the checkpoint (default: the config's).")] = None,
+                 dtype: DType = None,
+                 runtime: Annotated[Optional[str], typer.Option(
+                     "--runtime", help="hf (fraudq's own) or vllm (the engine the checkpoint is served with).")] = None,
+                 tensor_parallel_size: Annotated[Optional[int], typer.Option(
+                     "--tensor-parallel-size", help="--runtime vllm: GPUs one engine spreads over.")] = None,
+                 data_parallel_size: Annotated[Optional[int], typer.Option(
+                     "--data-parallel-size", help="--runtime vllm: engines splitting the rows.")] = None,
                  device: Device = None, backend: Annotated[Optional[str], typer.Option(help="Kernel for GPTQ models.")] = None,
+                 force: Annotated[bool, typer.Option(
+                     "--force", help="Replace an --out that no fraudq eval wrote.")] = False,
                  skip_invalid: SkipInvalid = False, trust_remote_code: TrustRemoteCode = None,
-                 allow_pickle: AllowPickle = None, config_file: ConfigFile = None):
+                 allow_pickle: AllowPickle = None, config_file: ConfigFile = None, verbose: Verbose = False):
     """Evaluate a model: confusion counts, precision, recall, F1, AUC, throughput."""
-    from fraudq.console import row_progress
-    from fraudq.eval.evaluate import evaluate_model
+    from fraudq.eval.results import claim_results
+    from fraudq.thresholds import eval_threshold
     from fraudq.workspace import results_name
 
     cfg = config_from(config_file, mode=mode, eval_batch_size=batch_size, limit=limit, share_prefix=share_prefix,
+                      runtime=runtime, tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
                       pack_rows=pack_rows, fused_kernels=fused_kernels, device=device, backend=backend, test_data=data,
-                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                      dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     model = model or cfg.model
     require(model, "--model")
     require(cfg.test_data, "--data (or test_data in the config)")
-    target = out or cfg.eval_results_path(results_name(cfg, model))
-    with row_progress("eval") as progress:
-        evaluate_model(cfg, model, cfg.test_data, target, skip_invalid=skip_invalid, log=typer.echo,
-                       progress=progress)
+    cfg, source = eval_threshold(cfg, model, threshold)
+    # A fitted threshold's results go apart, so compare (which evaluates at the config's threshold) keeps its own.
+    name = results_name(cfg, model) + (".fitted" if source["from"] == "fitted" else "")
+    target = out or cfg.eval_results_path(name)
+    reads = (cfg.test_data, model, config_file)
+    with (claim_results(target, force, reads), row_progress("eval") as progress,
+          command_output(cfg.work_path, "eval", verbose) as say):
+        from fraudq.eval.evaluate import evaluate_model
+
+        result = evaluate_model(cfg, model, cfg.test_data, target, skip_invalid=skip_invalid, log=say,
+                                progress=progress, threshold_source=source)
+    if source.get("data_sha256") and source["data_sha256"] == result["data_sha256"]:
+        typer.echo("warning: this threshold was fitted on these same rows, so its recall here is restored by "
+                   "construction; judge it on other rows", err=True)
 
 
 @app.command(name="compare")
@@ -247,13 +287,17 @@ def compare_command(names: Annotated[list[str], typer.Argument(help="fp16, int8,
                     plot: Annotated[Optional[Path], typer.Option("--plot", help="Folder for PNG plots.")] = None,
                     model: Model = None, mode: Annotated[Optional[str], typer.Option("--mode")] = None,
                     limit: Annotated[Optional[int], typer.Option("--limit")] = None,
-                    device: Device = None, config_file: ConfigFile = None):
+                    fit_data: Annotated[Optional[str], typer.Option(
+                        "--fit-data", help="Labelled JSONL to fit the thresholds on (default: the test rows).")] = None,
+                    dtype: DType = None, device: Device = None, config_file: ConfigFile = None,
+                    verbose: Verbose = False):
     """Compare models against the unquantized baseline, evaluating where no current result exists."""
-    from fraudq.pipeline import compare_models
+    cfg = config_from(config_file, model=model, test_data=data, mode=mode, limit=limit, dtype=dtype, device=device)
+    with command_output(cfg.work_path, "compare", verbose) as say:
+        from fraudq.comparison import compare_models
 
-    cfg = config_from(config_file, model=model, test_data=data, mode=mode, limit=limit, device=device)
-    compare_models(cfg, names, cfg.test_data or None, out or cfg.work_path / "compare", examples=examples,
-            plot_dir=plot, log=typer.echo)
+        compare_models(cfg, names, cfg.test_data or None, out or cfg.work_path / "compare", examples=examples,
+                       plot_dir=plot, log=say, fit_data=fit_data)
 
 
 @app.command(name="run")

@@ -59,7 +59,13 @@ class Config:
     fused_kernels: str = "auto"  # on CUDA: liger-kernel's RMSNorm and SwiGLU kernels; auto, liger or off
     cudnn_attention: bool = False  # on CUDA: allow cuDNN attention, which builds a plan for every new batch shape
     limit: int = 0  # 0 = all rows
+    runtime: str = "hf"  # hf: fraudq's own (transformers); vllm: vLLM, the engine checkpoints are served with
+    tensor_parallel_size: int = 1  # runtime vllm: GPUs one engine spreads over
+    data_parallel_size: int = 1  # runtime vllm: engines, each on its own GPUs, splitting the rows
     threshold: float = 0.0  # score mode: a row is fraud when its margin log P(true) - log P(false) exceeds this
+    # unquantized models' compute dtype; auto = what GPTQ kernels compute in (bf16 on CPU, fp16 on CUDA), so the
+    # baseline and the quantized models round alike
+    dtype: str = "auto"
     instruction: str = DEFAULT_INSTRUCTION
     answer_prefix: str = '{"is_fraud":'
     true_word: str = " true"
@@ -92,7 +98,7 @@ class Config:
         return self.work_path / f"int{bits}"
 
     def eval_results_path(self, name: str) -> Path:
-        suffix = "" if self.mode == "score" else f".{self.mode}"
+        suffix = ("" if self.mode == "score" else f".{self.mode}") + ("" if self.runtime == "hf" else f".{self.runtime}")
         return self.work_path / "eval" / f"{name}{suffix}.json"
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,22 +120,28 @@ FLAGS = {"calib_n": "--n", "quant_batch_size": "--batch-size", "eval_batch_size"
          "tune_budget_bits": "--budget-bits", "tune_bits": "--bits", "tune_space": "--candidates",
          "tune_max_flip_rate": "--max-flip-rate", "tune_max_delta_f1": "--max-delta-f1", "tune_alpha": "--alpha",
          "tune_sensitivity_rows": "--sensitivity-rows", "tune_prune": "--prune"}
+# Keys set only in a config file or a FRAUDQ_ variable: messages name the key itself.
+NO_FLAG = ("hessian_chunk_tokens", "hessian_tf32", "token_budget", "generate_token_budget", "cudnn_attention")
 CHOICES = {
     "mode": ("score", "generate"),
+    "runtime": ("hf", "vllm"),
     "engine": ("fraudq", "gptqmodel"),
     "fused_kernels": ("auto", "liger", "off"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
     "backend": ("auto", "torch", "triton", "marlin", "exllama_v2", "torch_int8"),
 }
 # (lowest, highest) allowed, inclusive; None = unbounded. damp is checked apart: it is open at both ends.
 RANGES = {
     "calib_n": (0, None), "max_len": (1, None), "quant_batch_size": (1, None), "quant_batch_tokens": (1, None),
     "hessian_chunk_tokens": (0, None), "token_budget": (1, None), "generate_token_budget": (1, None),
-    "limit": (0, None), "max_new_tokens": (1, None),
+    "limit": (0, None), "max_new_tokens": (1, None), "tensor_parallel_size": (1, None), "data_parallel_size": (1, None),
     "tune_max_flip_rate": (0, 1), "tune_max_delta_f1": (0, 1), "tune_alpha": (0, 1), "tune_sensitivity_rows": (1, None),
 }
 
 
 def flag(key: str) -> str:
+    if key in NO_FLAG:
+        return key
     return FLAGS.get(key, "--" + key.replace("_", "-"))
 
 
@@ -157,7 +169,7 @@ def validate(cfg: "Config") -> None:
     for key, (low, high) in RANGES.items():
         value = getattr(cfg, key)
         if (low is not None and value < low) or (high is not None and value > high):
-            bound = f"at least {low}" if high is None else f"between {low} and {high}"
+            bound = ("0 or positive" if low == 0 else f"at least {low}") if high is None else f"between {low} and {high}"
             raise BadInput(f"{flag(key)} must be {bound}, got {value}")
     if not 0 < cfg.damp < 1:
         raise BadInput(f"--damp must be between 0 and 1 (exclusive), got {cfg.damp}")
@@ -226,14 +238,18 @@ def toml_value(value) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def load_toml(path: Path, what: str, hint: str = "") -> dict[str, Any]:
+    """A TOML file as a dict; a missing or invalid one is one line naming `what` it was meant to be."""
     if not path.is_file():
-        raise BadInput(f"config file {path} does not exist")
+        raise BadInput(f"{what} {path} does not exist{hint}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"config file {path} is not valid TOML: {exc}") from None
-    return _flatten_toml(data, str(path))
+        raise BadInput(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    return _flatten_toml(load_toml(path, "config file"), str(path))
 
 
 def from_env(environ: dict[str, str]) -> dict[str, Any]:

@@ -7,6 +7,18 @@ class BadInput(Exception):
     exit_code = 2
 
 
+class NeedsFlag(BadInput):
+    """Bad input that a flag would allow. The advice names the flag only where the running command has it
+    (`for_command`); elsewhere it gives `otherwise`."""
+
+    def __init__(self, message: str, key: str, advice: str, otherwise: str):
+        super().__init__(f"{message}; {advice}")
+        self.key, self.message, self.otherwise = key, message, otherwise
+
+    def for_command(self, params) -> str:
+        return str(self) if self.key in params else f"{self.message}; {self.otherwise}"
+
+
 class NotAvailable(BadInput):
     """A resource the run needs is missing on this machine (no GPU, say)."""
 

@@ -4,7 +4,7 @@ Each stage is skipped when the hashes of its inputs match the ones recorded besi
 
   calib          <calib file>.stamp.json   model fingerprint, calib data sha256, calib settings
   quantize-intN  <work_dir>/intN.stamp.json model fingerprint, calib file sha256, bits + GPTQ settings
-  eval-NAME      the results JSON itself   model fingerprint, test data sha256, eval config (as compare checks)
+  eval-NAME      the results JSON itself   model fingerprint, test data sha256, eval config, dtype, threshold
   compare        <work_dir>/compare.stamp.json  sha256 of every eval result it reads, seed
 
 A stamp also records the hash of the artifact it vouches for, so an artifact replaced or edited by hand
@@ -21,66 +21,26 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fraudq.atomic import atomic_write_json, atomic_write_text
+from fraudq.atomic import check_target, hold
 from fraudq.calib import build_calibration, meta_path
 from fraudq.checkpoint import fingerprint, inspect_model
+from fraudq.comparison import compare_models, gather
 from fraudq.config import CALIB_KEYS, QUANT_KEYS, Config
-from fraudq.console import stage_log
+from fraudq.console import shown, stage_log
 from fraudq.data import file_sha256, read_jsonl
 from fraudq.errors import BadInput
 from fraudq.eval.evaluate import evaluate_model
-from fraudq.eval.results import predictions_path, read_results
+from fraudq.eval.results import claim_results, predictions_path, read_results
 from fraudq.quant.quantize import quantize_model
-from fraudq.report.compare import Loaded, build_table, check_comparable, pick_baseline, write_compare_plots
-from fraudq.report.render import log_examples, log_table, to_markdown
+from fraudq.report.compare import pick_baseline
+from fraudq.report.deployment import deployment_check, deployment_lines
+from fraudq.report.render import log_examples, log_table, log_verdict
+from fraudq.thresholds import threshold_file
 from fraudq.workspace import Hashes, resolve, stale_reasons, stamp_reasons, write_stamp
 
 BITS = (8, 4)
 MODELS = ("fp16", *(f"int{b}" for b in BITS))
 STAGES = ("calib", *(f"quantize-int{b}" for b in BITS), *(f"eval-{m}" for m in MODELS), "compare")
-
-
-def gather(cfg: Config, names: list[str], data: str | None, log=print) -> list[Loaded]:
-    """The named models' current results, evaluating those whose stored result is missing or stale."""
-    if not names:
-        raise BadInput("name at least one model to compare, e.g. 'fraudq compare int8 int4 fp16'")
-    if len(set(names)) != len(names):
-        raise BadInput("each model may be named once")
-    entries = [resolve(cfg, n) for n in names]
-    needs_eval = [e for e in entries if e.model_path is not None]
-    if needs_eval and not data:
-        raise BadInput("compare needs the test data: pass --data FILE.jsonl or set test_data in the config")
-    data_sha = file_sha256(Path(data)) if needs_eval and Path(data).is_file() else None
-    loaded = []
-    for entry in entries:
-        if entry.model_path is not None:
-            model_fingerprint = fingerprint(inspect_model(entry.model_path, cfg.trust_remote_code, cfg.allow_pickle))
-            if stale_reasons(cfg, entry, data_sha, model_fingerprint):
-                log(f"evaluating {entry.name} ({entry.model_path}): no current result")
-                evaluate_model(cfg, str(entry.model_path), data, entry.results_path, log=log,
-                               model_fingerprint=model_fingerprint)
-        result, predictions = read_results(entry.results_path)
-        loaded.append((entry.name, result, predictions))
-    check_comparable(loaded)
-    return loaded
-
-
-
-
-def compare_models(cfg: Config, names: list[str], data: str | None, out_dir: Path, examples: int = 0,
-                   plot_dir: Path | None = None, log=print) -> dict:
-    """`fraudq compare`: current results for every named model, then compare.json, compare.md and the table."""
-    loaded = gather(cfg, names, data, log)
-    table = build_table(loaded, cfg.seed)
-    if plot_dir is not None:
-        table["plots"] = [str(p) for p in write_compare_plots(loaded, table["models"], table["baseline"], plot_dir)]
-    atomic_write_json(out_dir / "compare.json", table)
-    atomic_write_text(out_dir / "compare.md", to_markdown(table, out_dir))
-    log_table(table, log)
-    if examples:
-        log_examples(loaded, pick_baseline(loaded), examples, data, log)
-    log(f"written to {out_dir / 'compare.json'} and {out_dir / 'compare.md'}")
-    return table
 
 
 @dataclasses.dataclass
@@ -143,8 +103,9 @@ def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
 
         def run_eval(log, progress, name=name):
             current = entry(name)
-            evaluate_model(cfg, str(current.model_path), cfg.test_data, current.results_path, log=log,
-                           progress=progress, model_fingerprint=hashes.model(current.model_path))
+            with claim_results(current.results_path, force=True, reads=(cfg.test_data, current.model_path)):
+                evaluate_model(cfg, str(current.model_path), cfg.test_data, current.results_path, log=log,
+                               progress=progress, model_fingerprint=hashes.model(current.model_path))
             hashes.forget(current.results_path)
             hashes.forget(predictions_path(current.results_path))
 
@@ -155,7 +116,8 @@ def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
         for name in MODELS:
             path = cfg.eval_results_path(name)
             results[name] = [hashes.file(path), hashes.file(predictions_path(path))]
-        return {"results": results, "config": {"seed": cfg.seed, "plots": True}}
+        # "report" names the layout of compare.json: a stored report of an older layout is rebuilt.
+        return {"results": results, "config": {"seed": cfg.seed, "plots": True, "report": 2}}
 
     def compare_output():
         return hashes.file(compare_dir / "compare.json")
@@ -167,8 +129,15 @@ def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
         hashes.forget(compare_dir / "compare.json")
         write_stamp(compare_dir, "compare", inputs, compare_output())
 
-    stages.append(Stage("compare", compare_dir, lambda: stamp_reasons(compare_dir, compare_inputs(), compare_output),
-                        run_compare))
+    def compare_reasons():
+        # compare writes the fitted thresholds beside int8/ and int4/; a requantized folder has lost its own.
+        reasons = stamp_reasons(compare_dir, compare_inputs(), compare_output)
+        if reasons or "fitted" not in json.loads((compare_dir / "compare.json").read_text(encoding="utf-8")):
+            return reasons
+        missing = [f"int{b}" for b in BITS if not threshold_file(cfg.quant_dir(b)).is_file()]
+        return [f"threshold file missing in {', '.join(missing)}"] if missing else []
+
+    stages.append(Stage("compare", compare_dir, compare_reasons, run_compare))
     return stages
 
 
@@ -194,19 +163,52 @@ def check_inputs(cfg: Config) -> None:
             raise BadInput(f"{key} {getattr(cfg, key)} does not exist")
 
 
+def deployment_in_vllm(cfg: Config, say, logs: Path) -> list[dict]:
+    """Each quantized checkpoint evaluated again under vLLM, where it is installed, and checked row by row."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        say("deployment check in vLLM: skipped, vLLM is not installed (pip install 'fraudq[vllm]'; docs/VLLM.md)")
+        return []
+    served_cfg = dataclasses.replace(cfg, runtime="vllm")
+    checks = []
+    for name in MODELS[1:]:
+        entry, served = resolve(cfg, name), resolve(served_cfg, name)
+        try:
+            with stage_log(logs / f"vllm-{name}.log"):
+                fingerprint_now = fingerprint(inspect_model(entry.model_path))
+                if stale_reasons(served_cfg, served, file_sha256(Path(cfg.test_data)), fingerprint_now):
+                    evaluate_model(served_cfg, str(served.model_path), cfg.test_data, served.results_path,
+                                   log=lambda *_: None, model_fingerprint=fingerprint_now)
+        except BadInput as exc:  # a checkpoint this platform's vLLM cannot serve
+            say(f"deployment check in vLLM: {name} skipped: {exc}")
+            continue
+        (_, own), (_, theirs) = read_results(entry.results_path), read_results(served.results_path)
+        checks.append(deployment_check(name, own, theirs))
+    for line in deployment_lines(checks):
+        say(f"deployment check in vLLM: {line}")
+    return checks
+
+
 def run_pipeline(cfg: Config, force: Sequence[str] = (), examples: int = 0, out=None, err=None) -> dict:
     """Runs every stale stage in order; returns {"ran": [...], "skipped": [...], "table": compare.json}.
 
     out and err (default: sys.stdout / sys.stderr) get the stage lines and the progress bars; library
     output goes to <work_dir>/logs/<stage>.log.
     """
-    from tqdm import tqdm
-
     out = out or sys.stdout
     err = err or sys.stderr
     cfg = dataclasses.replace(cfg, mode="score")  # AUC, PR curves and margins need scores
     forced = parse_force(force)
     check_inputs(cfg)
+    check_target(cfg.work_path, kind="folder", reads=(cfg.model, cfg.calib_data, cfg.test_data))
+    with hold(cfg.work_path, inside=True):
+        return _run_stages(cfg, forced, examples, out, err)
+
+
+def _run_stages(cfg: Config, forced: set[str], examples: int, out, err) -> dict:
+    from tqdm import tqdm
+
     hashes = Hashes(cfg)
     stages = build_stages(cfg, hashes, examples)
     total_rows = _count_rows(cfg)
@@ -242,7 +244,7 @@ def run_pipeline(cfg: Config, force: Sequence[str] = (), examples: int = 0, out=
             except BadInput:
                 raise
             except BaseException:
-                say(f"{prefix} failed; library output is in {log_file}")
+                say(f"{prefix} failed; library output is in {shown(log_file)}")
                 raise
             finally:
                 if rows_bar is not None:
@@ -262,7 +264,10 @@ def run_pipeline(cfg: Config, force: Sequence[str] = (), examples: int = 0, out=
         if examples:
             loaded = gather(cfg, list(MODELS), cfg.test_data, say)
             log_examples(loaded, pick_baseline(loaded), examples, cfg.test_data, say)
+        log_verdict(table, say)
     say(f"skipped {len(skipped)} of {len(stages)} stages" + (f" ({', '.join(skipped)})" if skipped else "")
         + f"; ran {len(ran)}" + (f" ({', '.join(ran)})" if ran else ""))
-    say(f"report: {compare_dir / 'compare.md'} (plots in {compare_dir / 'plots'}); logs: {logs}")
+    deployment_in_vllm(cfg, say, logs)
+    say(f"report: {shown(compare_dir / 'compare.md')} (plots in {shown(compare_dir / 'plots')})")
+    say(f"logs: {shown(logs)}")
     return {"ran": ran, "skipped": skipped, "table": table, "compare_dir": str(compare_dir)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -55,7 +56,30 @@ def peak_memory(device: str) -> dict:
     return peak
 
 
-def default_dtype(device: str):
+def compute_dtype(device: str, quantized: bool, setting: str = "auto"):
+    """The dtype a model computes in. GPTQ kernels compute in fp16 on CUDA and bf16 on CPU (its CPU kernels need
+    16-bit); an unquantized model follows them unless `setting` names a dtype, so the baseline rounds as they do."""
     import torch
 
-    return torch.float16 if device.startswith("cuda") else torch.float32
+    kernel = torch.float16 if device.startswith("cuda") else torch.bfloat16
+    if quantized or setting == "auto":
+        return kernel
+    return getattr(torch, setting)
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@contextlib.contextmanager
+def default_stop_signals():
+    """SIGTERM and SIGHUP at their defaults for the duration: vLLM manages its engine processes with these
+    signals itself, and fraudq's own handlers (cli.stop_signals_as_exceptions) stopped a run that was ending."""
+    import signal
+
+    previous = {signum: signal.signal(signum, signal.SIG_DFL) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -130,8 +130,15 @@ def resolve(cfg: Config, name: str) -> Entry:
     raise BadInput(f"no checkpoint or results for '{name}'; known names: {known}; or give a model folder path")
 
 
+def expected_dtype(cfg: Config, info) -> str:
+    """The compute dtype eval would use for this checkpoint under cfg."""
+    from fraudq.runtime import compute_dtype, dtype_name, resolve_device
+
+    return dtype_name(compute_dtype(resolve_device(cfg.device, "eval"), info.quant is not None, cfg.dtype))
+
+
 def stale_reasons(cfg: Config, entry: Entry, data_sha: str, model_fingerprint: str | None = None) -> list[str]:
-    """Why a stored eval result is not this model's on this data and eval config; [] when it is.
+    """Why a stored eval result is not this model's on this data, eval config, dtype and threshold; [] when it is.
 
     A result records the hashes of its inputs, so it is its own stamp; `fraudq run` asks this too.
     """
@@ -141,9 +148,12 @@ def stale_reasons(cfg: Config, entry: Entry, data_sha: str, model_fingerprint: s
         result, _ = read_results(entry.results_path)
     except BadInput:  # damaged or half-replaced: evaluate again rather than stop
         return ["result damaged"]
+    info = inspect_model(entry.model_path, cfg.trust_remote_code, cfg.allow_pickle)
     if model_fingerprint is None:
-        model_fingerprint = fingerprint(inspect_model(entry.model_path, cfg.trust_remote_code, cfg.allow_pickle))
+        model_fingerprint = fingerprint(info)
     same = {"model": result.get("model_fingerprint") == model_fingerprint,
             "data": result.get("data_sha256") == data_sha,
-            "eval config": result.get("eval_config") == {k: getattr(cfg, k) for k in PROMPT_KEYS}}
+            "eval config": result.get("eval_config") == {k: getattr(cfg, k) for k in PROMPT_KEYS},
+            "dtype": result.get("dtype") == expected_dtype(cfg, info),
+            "threshold": result.get("threshold") == (cfg.threshold if cfg.mode == "score" else None)}
     return [f"{what} changed" for what, ok in same.items() if not ok]

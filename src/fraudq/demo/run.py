@@ -21,7 +21,7 @@ from fraudq.config import build_config, toml_value
 from fraudq.data import file_sha256
 from fraudq.errors import BadInput
 from fraudq.checkpoint import fingerprint, inspect_model
-from fraudq.console import stage_log
+from fraudq.console import shown, stage_log
 from fraudq.pipeline import run_pipeline
 from fraudq.workspace import read_stamp, write_stamp
 
@@ -100,12 +100,12 @@ def train_model(train: Path, model_dir: Path, epochs: float, force: bool, log_fi
                 bar.close()
             write_stamp(model_dir, "train", inputs, fingerprint(inspect_model(model_dir)))
     if report is None:
-        say(f"train          skipped: inputs unchanged ({model_dir})")
+        say(f"train          skipped: inputs unchanged ({shown(model_dir)})")
         return "skipped"
     losses = report["loss_history"]
     final = f", final loss {losses[-1]['loss']:.3f}" if losses else ""
     say(f"train          ran: {report['steps']} steps on {report['rows']} rows in "
-        f"{time.perf_counter() - started:.1f} s{final} -> {model_dir}")
+        f"{time.perf_counter() - started:.1f} s{final} -> {shown(model_dir)}")
     return "ran"
 
 
@@ -130,11 +130,11 @@ def run_demo(out: Path, force: bool = False, train_rows: int | None = None, test
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     atomic_write_json(out / MARKER, {"fraudq_demo": 1, "settings": settings})
-    say(f"fraudq demo in {out}" + (" (resuming: unchanged steps are skipped)" if resuming else ""))
+    say(f"fraudq demo in {shown(out)}" + (" (resuming: unchanged steps are skipped)" if resuming else ""))
 
     paths = make_data(out / "data", settings["train_rows"], settings["test_rows"], settings["calib_rows"])
     say(f"data           {settings['train_rows']} train / {settings['test_rows']} test / "
-        f"{settings['calib_rows']} calibration dialogues -> {out / 'data'}")
+        f"{settings['calib_rows']} calibration dialogues -> {shown(out / 'data')}")
     model_dir = out / "model"
     work = out / "runs"
     train_model(paths["train"], model_dir, settings["epochs"], force, work / "logs" / "train.log", say, err)
@@ -155,7 +155,7 @@ def run_demo(out: Path, force: bool = False, train_rows: int | None = None, test
                         ("int4", work / "int4"), ("eval results", work / "eval"),
                         ("report", compare_dir / "compare.md"), ("plots", compare_dir / "plots"),
                         ("logs", work / "logs"), ("config", config_file)):
-        say(f"  {label:<13} {path}")
-    say(f"next: fraudq compare fp16 int8 int4 --config {config_file} --examples 5")
+        say(f"  {label:<13} {shown(path)}")
+    say(f"next: fraudq compare fp16 int8 int4 --config {shown(config_file)} --examples 5")
     say(f"demo finished in {time.perf_counter() - started:.0f} s")
     return result

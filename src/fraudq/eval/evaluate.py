@@ -18,7 +18,7 @@ from fraudq.eval.kernels import attention_backends, check_choice, fused_kernels
 from fraudq.eval.results import format_result, predictions_text, write_results
 from fraudq.eval.scoring import Scorer, SharedPrefix, parse_answer, run_batches, shared_prefix_tokens
 from fraudq.report.metrics import confusion, rates, roc_auc
-from fraudq.runtime import dir_size, keep_cuda_allocator, peak_memory, resolve_device
+from fraudq.runtime import compute_dtype, dir_size, dtype_name, keep_cuda_allocator, peak_memory, resolve_device
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Prompts:
     ids: list[list[int]]
     candidates: list[list[int]]
     truncated: int
+    texts: list[str]  # the prompts as text, answer prefix included in score mode
 
 
 def read_rows(cfg: Config, data: str, skip_invalid: bool, log) -> Dataset:
@@ -66,7 +67,7 @@ def build_prompts(cfg: Config, info: ModelInfo, tokenizer, rows, log) -> Prompts
     if truncated:
         log(f"{truncated} rows are longer than the model's context of {room + extra} tokens; "
             "each kept its first and last tokens")
-    return Prompts(prompt_ids, candidates, truncated)
+    return Prompts(prompt_ids, candidates, truncated, texts)
 
 
 def warm_up(scorer: Scorer, prompt_ids: list[list[int]], device: str) -> None:
@@ -87,30 +88,29 @@ def warm_up(scorer: Scorer, prompt_ids: list[list[int]], device: str) -> None:
         torch.cuda.synchronize()
 
 
-def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_invalid: bool = False, log=print,
-                   progress=None, model_fingerprint: str | None = None, wrap_scorer=None) -> dict:
-    """Evaluates one checkpoint and writes `out` and its predictions file.
+@dataclass
+class Run:
+    """What one runtime gave: per-row outputs (margins or answers) and how it ran."""
 
-    `model_fingerprint` is the checkpoint's, when the caller has just computed it; `wrap_scorer(scorer)` may
-    return a stand-in that calls it (tests inject out-of-memory errors and interrupts there).
-    """
-    batch_size = eval_batch_rows(cfg.eval_batch_size)
-    token_budget = cfg.token_budget if cfg.mode == "score" else cfg.generate_token_budget
-    dataset = read_rows(cfg, data, skip_invalid, log)
-    rows = dataset.rows
-    info = inspect_model(model_path, cfg.trust_remote_code, cfg.allow_pickle)
-    device = resolve_device(cfg.device, "eval")
-    check_choice(cfg.fused_kernels, device)
-    if device.startswith("cuda"):
-        keep_cuda_allocator()
-    tokenizer = load_tokenizer(info, cfg.trust_remote_code)
-    built = build_prompts(cfg, info, tokenizer, rows, log)
-    prompt_ids = built.ids
+    outputs: dict
+    wall_s: float
+    load_s: float
+    warmup_s: float
+    batching: dict | None = None
+    kernel: str | None = None
+    fused: str | None = None
+    vllm: dict | None = None
 
+
+def run_hf(cfg: Config, info: ModelInfo, tokenizer, built: Prompts, device: str, log, progress, wrap_scorer) -> Run:
+    """fraudq's own runtime: transformers with packed rows, the shared prefix and fused kernels."""
     import torch
 
+    batch_size = eval_batch_rows(cfg.eval_batch_size)
+    token_budget = cfg.token_budget if cfg.mode == "score" else cfg.generate_token_budget
+    prompt_ids = built.ids
     start = time.perf_counter()
-    model = load_model(info, device, cfg.backend, cfg.trust_remote_code)
+    model = load_model(info, device, cfg.backend, cfg.trust_remote_code, cfg.dtype)
     with fused_kernels(model, cfg.fused_kernels, device) as fused, attention_backends(device, cfg.cudnn_attention):
         kernel = packed.enable(model) if cfg.mode == "score" and cfg.pack_rows else None
         load_s = time.perf_counter() - start
@@ -142,6 +142,53 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
             outputs = {i: answer for batch, answers in done for i, answer in zip(batch, answers)}
         wall_s = time.perf_counter() - start
 
+    batching = {"batch_size": cfg.eval_batch_size, "token_budget": token_budget, "batches": len(batches),
+                "shared_prefix_tokens": len(shared), "packed_rows": kernel}
+    return Run(outputs, wall_s, load_s, warmup_s, batching, getattr(model, "fraudq_kernel", None), fused)
+
+
+def run_vllm(cfg: Config, info: ModelInfo, built: Prompts) -> Run:
+    """The same prompts through vLLM (eval/vllm_runtime.py), for the runtime a checkpoint is deployed on."""
+    from fraudq.eval import vllm_runtime
+    from fraudq.runtime import default_stop_signals
+
+    report: dict = {}
+    common = {"tensor_parallel_size": cfg.tensor_parallel_size, "data_parallel_size": cfg.data_parallel_size,
+              "report": report}
+    with default_stop_signals():
+        if cfg.mode == "score":
+            values = vllm_runtime.score_with_vllm(info.path, built.texts, cfg.true_word, cfg.false_word, "", **common)
+        else:
+            values = vllm_runtime.generate_with_vllm(info.path, built.texts, cfg.max_new_tokens, **common)
+    return Run(dict(enumerate(values)), report.get("wall_s") or 0.0, report.get("load_s") or 0.0,
+               report.get("warmup_s") or 0.0, vllm=report)
+
+
+def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_invalid: bool = False, log=print,
+                   progress=None, model_fingerprint: str | None = None, wrap_scorer=None,
+                   threshold_source: dict | None = None) -> dict:
+    """Evaluates one checkpoint and writes `out` and its predictions file.
+
+    `model_fingerprint` is the checkpoint's, when the caller has just computed it; `wrap_scorer(scorer)` may
+    return a stand-in that calls it (tests inject out-of-memory errors and interrupts there); `threshold_source`
+    says where cfg.threshold came from (default: the config), for the results file.
+    """
+    dataset = read_rows(cfg, data, skip_invalid, log)
+    rows = dataset.rows
+    info = inspect_model(model_path, cfg.trust_remote_code, cfg.allow_pickle)
+    device = resolve_device(cfg.device, "eval")
+    check_choice(cfg.fused_kernels, device)
+    if device.startswith("cuda"):
+        keep_cuda_allocator()
+    tokenizer = load_tokenizer(info, cfg.trust_remote_code)
+    built = build_prompts(cfg, info, tokenizer, rows, log)
+
+    if cfg.runtime == "vllm":
+        run = run_vllm(cfg, info, built)
+    else:
+        run = run_hf(cfg, info, tokenizer, built, device, log, progress, wrap_scorer)
+    outputs = run.outputs
+
     labels = [r.label for r in rows]
     if cfg.mode == "score":
         scores = [outputs[i] for i in range(len(rows))]
@@ -156,8 +203,10 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "model": str(info.path),
         "model_fingerprint": model_fingerprint or fingerprint(info),
         "quantization": info.quant,
-        "kernel": getattr(model, "fraudq_kernel", None),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "runtime": cfg.runtime,
+        "kernel": run.kernel,
+        "dtype": dtype_name(compute_dtype(device, info.quant is not None, cfg.dtype)),
+        "dtype_setting": cfg.dtype,
         "data": str(dataset.path),
         "data_sha256": dataset.sha256,
         "rows": len(rows),
@@ -165,19 +214,20 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "truncated_rows": built.truncated,
         "eval_config": {k: getattr(cfg, k) for k in PROMPT_KEYS},
         "threshold": cfg.threshold if cfg.mode == "score" else None,
-        "batching": {"batch_size": cfg.eval_batch_size, "token_budget": token_budget, "batches": len(batches),
-                     "shared_prefix_tokens": len(shared), "packed_rows": kernel},
+        "threshold_source": (threshold_source or {"from": "config"}) if cfg.mode == "score" else None,
+        "batching": run.batching,
         "device": device,
-        "fused_kernels": fused,
+        "fused_kernels": run.fused,
         "cudnn_attention": cfg.cudnn_attention if device.startswith("cuda") else None,
         "cuda_allocator": os.environ.get("PYTORCH_ALLOC_CONF") if device.startswith("cuda") else None,
         "confusion": counts,
         **rates(counts),
         "auc": roc_auc(labels, scores) if cfg.mode == "score" else None,
-        "samples_per_s": round(len(rows) / wall_s, 2) if wall_s > 0 else None,
-        "wall_s": round(wall_s, 3),
-        "load_s": round(load_s, 3),
-        "warmup_s": round(warmup_s, 3),
+        "samples_per_s": round(len(rows) / run.wall_s, 2) if run.wall_s > 0 else None,
+        "wall_s": round(run.wall_s, 3),
+        "load_s": round(run.load_s, 3),
+        "warmup_s": round(run.warmup_s, 3),
+        **({"vllm": run.vllm} if run.vllm else {}),
         "memory": peak_memory(device),
         "size_bytes": dir_size(info.path),
     }

@@ -7,7 +7,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from fraudq.atomic import atomic_write_json, atomic_write_text
+from fraudq.atomic import atomic_write_json, atomic_write_text, check_target, hold
+from fraudq.console import shown
 from fraudq.errors import BadInput
 
 
@@ -59,10 +60,38 @@ def is_results_file(path: Path) -> bool:
     return isinstance(result, dict) and {"model_fingerprint", "predictions_file", "confusion"} <= result.keys()
 
 
+@contextlib.contextmanager
+def claim_results(out: Path, force: bool, reads=()):
+    """Before any work: refuses an `out` that is an input of the run (`reads`), lies in a model folder, is a
+    folder, or is a file no fraudq eval wrote (unless `force`); then holds `out` until the results are written."""
+    out = Path(out)
+    check_target(out, reads=reads, names=(predictions_path(out).name,) if out.name else ())
+    check_target(predictions_path(out), reads=reads)  # written too: it must not be an input either
+    with hold(out):
+        if not force:
+            _refuse_foreign(out)
+        yield
+
+
+def _refuse_foreign(out: Path) -> None:
+    preds = predictions_path(out)
+    if out.exists() and not is_results_file(out):
+        raise BadInput(f"{out} exists and is not a fraudq results file; pass --force to replace it")
+    if preds.exists() and not out.exists():
+        raise BadInput(f"{preds} exists and belongs to no results file; pass --force to replace it")
+
+
 def format_result(result: dict, out: Path) -> str:
     c = result["confusion"]
     auc = f", AUC {result['auc']:.4f}" if result["auc"] is not None else ""
     invalid = f", {c['invalid']} invalid answers (scored wrong)" if c["invalid"] else ""
+    threshold = ""
+    if result.get("threshold") is not None:
+        source = (result.get("threshold_source") or {}).get("from", "config")
+        threshold = f"; fraud when margin > {result['threshold']:g} ({source})"
+    dtype = f" in {result['dtype']}" if result.get("dtype") else ""
     return (f"{result['rows']} rows: tn {c['tn']} fp {c['fp']} fn {c['fn']} tp {c['tp']}{invalid}; "
-            f"precision {result['precision']:.4f}, recall {result['recall']:.4f}, F1 {result['f1']:.4f}, "
-            f"accuracy {result['accuracy']:.4f}{auc}; {result['samples_per_s']} rows/s; written to {out}")
+            f"precision {result['precision']:.4f}, recall {result['recall']:.4f}, F1 {result['f1']:.4f}{auc}\n"
+            f"accuracy {result['accuracy']:.4f}; {result['samples_per_s']} rows/s{dtype}{threshold}\n"
+            f"written to {shown(out)}")
+

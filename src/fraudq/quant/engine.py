@@ -1,4 +1,4 @@
-"""fraudq's GPTQ driver: GPTQModel's quantizer math and checkpoint format, without its per-sample overhead.
+"""fraudq's batched GPTQ scheduler: GPTQModel's quantizer math and checkpoint format, without its per-sample overhead.
 
 GPTQModel 7.5.0 spends 6 minutes on a 1.5B model, almost all of it outside arithmetic: one Hessian update
 per calibration row, a full layer forward per true-sequential subset, a Python-driven column loop, and
@@ -11,7 +11,8 @@ the lazy-batch column update, `pack_module`, `save`) and changes only how the wo
 - a subset's forward stops at its last module's input;
 - on CUDA each 128-column block of the solve is one replayed CUDA graph, and X^T X runs in TF32 over
   1,024-token products summed in fp32.
-`tests/test_gptq_fast.py` holds it to the library's own solve and to the library path end to end.
+The column solve itself is solve.py; `tests/test_gptq_fast.py` holds both to the library's own solve and to the
+library path end to end.
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from types import SimpleNamespace
 
 import torch
 
-from fraudq.batching import make_batches
-from fraudq.errors import BadInput
-
-BLOCK = 128  # GPTQModel's lazy-batch width
+from fraudq.batching import make_batches, pad_rows
+from fraudq.quant import gptqmodel_api
+from fraudq.quant.solve import gptq_solve
 
 
 class _StopForward(Exception):
@@ -37,12 +36,7 @@ def calibration_batches(token_ids: list[list[int]], batch_tokens: int, pad_id: i
     """Length-sorted, right-padded batches of at most `batch_tokens` padded tokens (one row at minimum)."""
     batches = []
     for group in make_batches([len(ids) for ids in token_ids], None, batch_tokens):
-        width = len(token_ids[group[0]])
-        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, index in enumerate(group):
-            ids[row, :len(token_ids[index])] = torch.tensor(token_ids[index])
-            mask[row, :len(token_ids[index])] = 1
+        ids, mask = pad_rows([token_ids[index] for index in group], pad_id, left=False)
         batches.append({"input_ids": ids, "attention_mask": mask,
                         "keep": mask.flatten().nonzero().squeeze(1)})
     return batches
@@ -90,118 +84,6 @@ class _Spans:
         return self.cpu_s + sum(begin.elapsed_time(end) for begin, end in self.events) / 1e3
 
 
-class _GraphBlock:
-    """One lazy-batch block of GPTQ's column loop, captured once per row count and replayed (CUDA only)."""
-
-    def __init__(self, rows: int, device, maxq: int, groupwise: bool):
-        self.maxq, self.groupwise = maxq, groupwise
-        zeros = lambda *shape: torch.zeros(shape, dtype=torch.float32, device=device)  # noqa: E731
-        self.W1, self.Hinv1 = zeros(rows, BLOCK), zeros(BLOCK, BLOCK)
-        self.scale, self.zero = zeros(rows, BLOCK), zeros(rows, BLOCK)
-        self.Hinv1.fill_diagonal_(1.0)  # the warm-up below divides by its diagonal and by the scales
-        self.scale.fill_(1.0)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            self._body()  # warm-up outside capture, as CUDA graphs require
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self._body()
-
-    def _body(self):
-        return solve_block(self.W1, self.Hinv1, self.scale, self.zero, self.maxq, self.groupwise)
-
-    def run(self, W1, Hinv1, scale, zero):
-        self.W1.copy_(W1)
-        self.Hinv1.copy_(Hinv1)
-        self.scale.copy_(scale)
-        self.zero.copy_(zero)
-        self.graph.replay()
-        return self.out
-
-
-def solve_block(W1, Hinv1, scale_cols, zero_cols, maxq: int, groupwise: bool):
-    """GPTQModel's inner column loop (gptq.py, GPTQ.quantize) for one block, column params given per column."""
-    from gptqmodel.quantization.quantizer import quantize
-
-    Q1 = torch.zeros_like(W1)
-    Err1 = torch.zeros_like(W1)
-    Losses1 = torch.zeros_like(W1)
-    for i in range(W1.shape[1]):
-        w = W1[:, i]
-        d = Hinv1[i, i]
-        q = quantize(w.unsqueeze(1), scale_cols[:, i:i + 1], zero_cols[:, i:i + 1], maxq, groupwise).flatten()
-        Q1[:, i] = q
-        Losses1[:, i] = (w - q) ** 2 / d ** 2
-        err1 = (w - q) / d
-        W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-        Err1[:, i] = err1
-    return Q1, Err1, Losses1
-
-
-def gptq_solve(weight: torch.Tensor, H: torch.Tensor, qcfg, graphs: dict | None = None, name="stacked"):
-    """GPTQ for one (possibly stacked) weight with GPTQModel's math, for desc_act=False, static_groups=False.
-
-    `graphs` (CUDA only) caches one captured block per row count; None runs every block eagerly.
-
-    Returns Q (weight dtype), scale and zero ([rows, groups]), g_idx, the per-row loss sums and the damp used.
-    Follows `GPTQ.quantize` line for line; group parameters come from the not-yet-updated `W` at each block
-    start exactly as the library computes them mid-block, so they can be fixed before the block runs.
-    """
-    from gptqmodel.quantization.gptq import GPTQ
-    from gptqmodel.quantization.quantizer import Quantizer
-
-    rows, columns = weight.shape
-    group_size = qcfg.group_size
-    quantizer = Quantizer(qcfg=qcfg, name=name)
-    quantizer.configure(perchannel=True)
-    W = weight.to(device=H.device, dtype=torch.float32).clone()
-    quantizer.find_params(W, weight=True)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    Hinv, damp = GPTQ.hessian_inverse(SimpleNamespace(qcfg=qcfg, name=name, region_timer=None), H)
-    if Hinv is None:
-        raise BadInput(f"the Hessian of layer {name} stayed singular; use more calibration rows or a larger --damp")
-    maxq = int(quantizer.maxq.item())
-    groupwise = quantizer.requires_groupwise_processing()
-    scales, zeros = [], []
-    Q = torch.zeros_like(W)
-    Losses = torch.zeros_like(W)
-    for i1 in range(0, columns, BLOCK):
-        i2 = min(i1 + BLOCK, columns)
-        scale_cols = torch.empty((rows, i2 - i1), dtype=torch.float32, device=W.device)
-        zero_cols = torch.empty_like(scale_cols)
-        for col in range(i1, i2):
-            boundary = group_size != -1 and col % group_size == 0
-            if boundary:
-                quantizer.find_params(W[:, col:col + group_size], weight=True)
-                scales.append(quantizer.scale)
-                zeros.append(quantizer.zero)
-            if boundary or col == i1:
-                scale_cols[:, col - i1:] = quantizer.scale
-                zero_cols[:, col - i1:] = quantizer.zero
-        if graphs is not None and i2 - i1 == BLOCK:
-            key = (rows, maxq, groupwise)
-            if key not in graphs:
-                graphs[key] = _GraphBlock(rows, W.device, maxq, groupwise)
-            Q1, Err1, Losses1 = graphs[key].run(W[:, i1:i2], Hinv[i1:i2, i1:i2], scale_cols, zero_cols)
-        else:
-            Q1, Err1, Losses1 = solve_block(W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2], scale_cols, zero_cols,
-                                            maxq, groupwise)
-        Q[:, i1:i2] = Q1
-        Losses[:, i1:i2] = Losses1 / 2
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-    if not scales:
-        scales.append(quantizer.scale)
-        zeros.append(quantizer.zero)
-    width = group_size if group_size != -1 else columns
-    g_idx = torch.arange(columns, dtype=torch.int32, device=W.device) // width
-    loss_rows = Losses.sum(dim=1)
-    return Q.to(weight.dtype), torch.cat(scales, dim=1), torch.cat(zeros, dim=1), g_idx, loss_rows, damp
-
-
 def capture_layer_inputs(hf_model, batches: list[dict], device) -> list[tuple]:
     """Run the embeddings once per batch and keep what the first decoder layer receives."""
     base = hf_model.model
@@ -241,9 +123,6 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
     `progress(done, total)` is called after each layer. `chunk_tokens` > 0 splits each batch's X^T X into
     products over that many tokens (shorter accumulation chains); 0 is one product per batch.
     """
-    from gptqmodel.utils.model import create_quant_module, pack_module
-    from gptqmodel.quantization.config import resolve_quant_format
-
     device = torch.device(device)
     hf_model = gptq_model.model
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)  # noqa: E731
@@ -263,11 +142,11 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
     keep = [batch["keep"].to(device) for batch in batches]
     states = capture_layer_inputs(hf_model, batches, device)
     start = clock("capture_s", start)
-    subsets = gptq_model.simple_layer_modules(hf_model.config, qcfg)
+    subsets = gptqmodel_api.layer_subsets(gptq_model, qcfg)
     if not qcfg.true_sequential:
         subsets = [[name for subset in subsets for name in subset]]
     layers = hf_model.model.layers
-    prefix = gptq_model.extract_layers_node()[0]
+    prefix = gptqmodel_api.layers_prefix(gptq_model)
     graphs = {} if device.type == "cuda" else None
     rows, lock = [], threading.Lock()
     for layer_index, layer in enumerate(layers):
@@ -305,15 +184,7 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
                 linear = hf_model.get_submodule(full_name)
                 scale, zero, g_idx = linear._fraudq_quant
                 del linear._fraudq_quant
-                create_quant_module(name=full_name, linear_cls=gptq_model.qlinear_kernel, bits=qcfg.runtime_bits,
-                                    desc_act=qcfg.desc_act, dynamic=qcfg.dynamic, group_size=qcfg.group_size,
-                                    module=hf_model, submodule=linear, sym=qcfg.sym, device=qcfg.device,
-                                    lm_head_name=gptq_model.lm_head, pack_dtype=qcfg.pack_dtype,
-                                    format=resolve_quant_format(qcfg.format, qcfg.method), register_buffers=False)
-                qmodule = hf_model.get_submodule(full_name)
-                pack_module(name=full_name, qModules={full_name: qmodule}, q_scales=scale, q_zeros=zero,
-                            q_g_idx=g_idx, layers={full_name: linear}, quant_linear_cls=gptq_model.qlinear_kernel,
-                            lock=lock, quantize_config=qcfg)
+                gptqmodel_api.pack_linear(gptq_model, full_name, linear, scale, zero, g_idx, qcfg, lock)
         clock("pack_s", start)
         if progress:
             progress(layer_index + 1, len(layers))

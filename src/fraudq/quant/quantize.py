@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from fraudq.atomic import atomic_dir, atomic_write_json, check_writable
+from fraudq.atomic import atomic_dir, atomic_write_json, check_target, check_writable, hold
 from fraudq.calib import read_calibration, tokenizer_fingerprint
 from fraudq.config import QUANT_KEYS, Config
+from fraudq.console import shown, terminal
 from fraudq.errors import BadInput
 from fraudq.checkpoint import inspect_model, load_tokenizer
 from fraudq.quant import gptqmodel_api
@@ -58,35 +60,58 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
+def vocab_size(config: dict) -> int | None:
+    return config.get("text_config", config).get("vocab_size")
+
+
+def check_engine_holds(cfg: Config, device: str) -> None:
+    """The fast engine runs only what tests hold to GPTQModel's own loop. Asymmetric checkpoints are held on CPU;
+    on CUDA, where the engine's solve runs as captured graphs and packs on the GPU, one answered far worse than
+    the library's on a real model, so until that path is held too it is refused rather than written worse."""
+    if cfg.engine == "fraudq" and not cfg.sym and device.startswith("cuda"):
+        raise BadInput("fraudq's engine is not yet held to GPTQModel for asymmetric (--no-sym) quantization on "
+                       "CUDA; pass --engine gptqmodel, or quantize symmetric")
+
+
 # Settings of GPTQModel's QuantizeConfig beyond the Config keys, passed as quantize_model's `extra` (fraudq tune).
 EXTRA_KEYS = ("mse", "act_group_aware", "dynamic")
 
 
-def checked_extra(cfg: Config, extra: dict | None) -> dict:
-    """Any of EXTRA_KEYS; act_group_aware and dynamic need engine gptqmodel."""
+def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: bool = False, log=print,
+                   extra: dict | None = None) -> dict:
+    """Every check first (settings, output, calibration against this model), then GPTQ under a claim on `out`.
+
+    `extra`: any of EXTRA_KEYS; act_group_aware and dynamic need engine gptqmodel.
+    """
     extra = dict(extra or {})
     if set(extra) - set(EXTRA_KEYS):
         raise BadInput(f"unknown quantize settings {sorted(set(extra) - set(EXTRA_KEYS))}")
     if cfg.engine == "fraudq" and (extra.get("act_group_aware") or extra.get("dynamic")):
         raise BadInput("act_group_aware and dynamic need engine gptqmodel; fraudq's engine does plain GPTQ order")
-    return extra
-
-
-def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: bool = False, log=print,
-                   extra: dict | None = None) -> dict:
-    extra = checked_extra(cfg, extra)
+    check_target(out, kind="checkpoint", reads=(cfg.model, calib_path))
     info = inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
     if info.quant is not None:
         raise BadInput(f"{info.path} is already quantized ({info.quant['bits']}-bit); quantize the original model")
     validate_settings(cfg, bits, info.config)
     device = "cuda" if cfg.device == "auto" else cfg.device
     device = resolve_device(device, "quantize")
-    check_writable(out, force)
-    token_ids, calib_meta = read_calibration(calib_path)
-    tokenizer = load_tokenizer(info, cfg.trust_remote_code)
-    if calib_meta.get("tokenizer_sha256") != tokenizer_fingerprint(tokenizer):
-        raise BadInput(f"{calib_path} was tokenized with another tokenizer; rebuild it with 'fraudq calib --model {info.path}'")
+    check_engine_holds(cfg, device)
+    with hold(out):
+        check_writable(out, force)
+        token_ids, calib_meta = read_calibration(calib_path, vocab_size(info.config))
+        tokenizer = load_tokenizer(info, cfg.trust_remote_code)
+        if calib_meta.get("tokenizer_sha256") != tokenizer_fingerprint(tokenizer):
+            raise BadInput(f"{calib_path} was tokenized with another tokenizer; "
+                           f"rebuild it with 'fraudq calib --model {info.path}'")
+        report = _quantize(cfg, info, bits, device, calib_path, token_ids, calib_meta, tokenizer, out, force, extra)
+    log(f"quantized {shown(info.path)} to {bits}-bit in {report['timings']['total_s']:.1f} s; "
+        f"size {report['size_bytes']['before'] / 1e6:.1f} MB -> {report['size_bytes']['after'] / 1e6:.1f} MB; "
+        f"written to {shown(out)}")
+    return report
 
+
+def _quantize(cfg: Config, info, bits: int, device: str, calib_path: Path, token_ids, calib_meta, tokenizer,
+              out: Path, force: bool, extra: dict) -> dict:
     import torch
 
     quant_config = gptqmodel_api.quantize_config(
@@ -110,6 +135,10 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
         start = time.perf_counter()
         gptqmodel_api.save(model, tmp)
         tokenizer.save_pretrained(str(tmp))
+        # GPTQModel sets do_sample=True on every model it loads, and saves that: a greedy original would sample
+        # under plain transformers' generate() once quantized. The original's generation settings are kept.
+        if (info.path / "generation_config.json").is_file():
+            shutil.copyfile(info.path / "generation_config.json", tmp / "generation_config.json")
         timings["save_s"] = time.perf_counter() - start
         timings["total_s"] = sum(timings.values())
         report = {
@@ -129,9 +158,6 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
             "modules": engine_result["modules"],
         }
         atomic_write_json(tmp / "quant_report.json", report)
-    log(f"quantized {info.path} to {bits}-bit in {timings['total_s']:.1f} s; "
-        f"size {report['size_bytes']['before'] / 1e6:.1f} MB -> {report['size_bytes']['after'] / 1e6:.1f} MB; "
-        f"written to {out}")
     return report
 
 
@@ -143,7 +169,7 @@ def run_fast_engine(model, token_ids, cfg: Config, device: str, tokenizer) -> di
 
     def driver():
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        with tqdm(desc="GPTQ layers", unit="layer", leave=False) as bar:
+        with tqdm(desc="GPTQ layers", unit="layer", leave=False, file=terminal(), disable=None) as bar:
             def progress(done, total):
                 bar.total = total
                 bar.update(done - bar.n)

@@ -99,3 +99,27 @@ def average_precision(labels: Sequence[bool], scores: Sequence[float]) -> float 
         return None
     precision, recall, _ = pr_curve(labels, scores)
     return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def fraud_probability(scores) -> np.ndarray:
+    """sigmoid(margin): P(true word) over P(true word) + P(false word), computed without overflow."""
+    s = np.asarray(scores, dtype=float)
+    return np.exp(-np.logaddexp(0.0, -s))
+
+
+def brier(labels: Sequence[bool], scores: Sequence[float]) -> float:
+    """Mean squared error of sigmoid(margin) as P(fraud): 0 is perfect, 0.25 is a constant 0.5."""
+    y, s = _arrays(labels, scores)
+    return float(np.mean((fraud_probability(s) - y) ** 2))
+
+
+def expected_calibration_error(labels: Sequence[bool], scores: Sequence[float], bins: int = 10) -> float:
+    """Row-weighted gap between mean P(fraud) and the fraud rate, over `bins` equal-width bins of P(fraud)."""
+    y, s = _arrays(labels, scores)
+    p = fraud_probability(s)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in np.unique(which):
+        in_bin = which == b
+        gap += in_bin.sum() * abs(p[in_bin].mean() - y[in_bin].mean())
+    return float(gap / y.size)

@@ -101,7 +101,8 @@ def _size_plot(models: list[dict], baseline: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     sized = [(i, m) for i, m in enumerate(models) if m.get("size_bytes") is not None]
     # GB for real checkpoints, MB for the small test models, so the axis never reads 0.0012.
-    scale, unit = (1e9, "GB, 10^9 bytes") if max((m["size_bytes"] for _, m in sized), default=0) >= 1e9 else (1e6, "MB, 10^6 bytes")
+    largest = max((m["size_bytes"] for _, m in sized), default=0)
+    scale, unit = (1e9, "GB, 10^9 bytes") if largest >= 1e9 else (1e6, "MB, 10^6 bytes")
     for i, m in sized:
         size = m["size_bytes"] / scale
         # Size and F1 go in the legend, not beside the points: quantized models sit too close to label.

@@ -11,8 +11,6 @@ from typing import Sequence
 
 import numpy as np
 
-from fraudq.report.metrics import pr_curve
-
 METRICS = ("precision", "recall", "f1")
 
 
@@ -149,23 +147,6 @@ def bootstrap_metric_ci(
     cells = _cells(np.asarray(labels, dtype=bool).astype(np.int8), _pred_codes(preds))
     boot = _rates_vec(_resampled_counts(cells, 4, _indices(n, n_resamples, seed)))
     return {m: list(_bounds(boot[m], level)) for m in METRICS}
-
-
-def precision_at_recall(labels: Sequence[bool], scores: Sequence[float], target_recall: float) -> dict:
-    """Precision at the highest threshold whose recall reaches target_recall.
-
-    Compares score-mode models at matched recall, so a model cannot look more precise
-    just because its default threshold flags fewer rows.
-    """
-    precision, recall, thresholds = pr_curve(labels, scores)
-    if not np.any(labels):
-        raise ValueError("precision at recall needs at least one positive label")
-    # Tolerance so a target computed as tp/(tp+fn) elsewhere still matches the same point here.
-    reached = np.flatnonzero(recall >= target_recall - 1e-12)
-    if reached.size == 0:
-        raise ValueError(f"target recall {target_recall} is above the maximum, 1.0")
-    i = reached[0]
-    return {"precision": float(precision[i]), "threshold": float(thresholds[i]), "recall": float(recall[i])}
 
 
 def margin_shift(base_scores: Sequence[float], other_scores: Sequence[float]) -> dict:

@@ -17,11 +17,10 @@ Keys left out come from the config's GPTQ settings (group_size, damp, sym, desc_
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraudq.config import Config
+from fraudq.config import Config, load_toml
 from fraudq.errors import BadInput
 from fraudq.quant.quantize import VALID_BITS, linear_in_features
 
@@ -145,12 +144,7 @@ def _recipe(table, where: str, start: dict) -> Recipe:
 
 
 def read_candidates(path: Path, cfg: Config) -> list[Recipe]:
-    if not path.is_file():
-        raise BadInput(f"candidate file {path} does not exist; --candidates takes auto, cpu, full or a TOML file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"candidate file {path} is not valid TOML: {exc}") from None
+    data = load_toml(path, "candidate file", "; --candidates takes auto, cpu, full or a TOML file")
     extra = sorted(set(data) - {"base", "candidate"})
     if extra:
         raise BadInput(f"{path}: unknown section '{extra[0]}'; a candidate file holds [base] and [[candidate]] tables")
@@ -207,12 +201,15 @@ def candidates(cfg: Config, model_config: dict, device: str) -> tuple[str, list[
     return name, recipes
 
 
-def engine_for(recipe: Recipe, default_engine: str) -> str:
-    """GPTQModel's loop for what fraudq's engine does not do; otherwise the configured engine.
+def engine_for(recipe: Recipe, default_engine: str, device: str = "cpu") -> str:
+    """GPTQModel's loop for what fraudq's engine does not do, or does not yet do as the library does
+    (asymmetric on CUDA: quant/quantize.check_engine_holds); otherwise the configured engine.
 
-    fraudq's engine calls the library's Quantizer, so asymmetric and MSE recipes give the library's bytes
+    fraudq's engine calls the library's Quantizer, so asymmetric and MSE recipes give the library's bytes on CPU
     (tests/test_tune.py holds it to that)."""
-    return "gptqmodel" if recipe.needs_library else default_engine
+    if recipe.needs_library or (not recipe.sym and device.startswith("cuda")):
+        return "gptqmodel"
+    return default_engine
 
 
 def layer_pattern(layer: int) -> str:
@@ -232,7 +229,8 @@ def only_layer_dynamic(layer: int, layers: int) -> dict:
 
 def quant_settings(recipe: Recipe, cfg: Config, dynamic: dict | None = None) -> tuple[Config, dict]:
     """The config quantize_model reads for this recipe, and its extra GPTQModel settings."""
-    engine = "gptqmodel" if dynamic else engine_for(recipe, cfg.engine)
+    device = "cuda" if cfg.device == "auto" else cfg.device  # where quantize will run
+    engine = "gptqmodel" if dynamic else engine_for(recipe, cfg.engine, device)
     qcfg = dataclasses.replace(cfg, group_size=recipe.group_size, damp=recipe.damp, sym=recipe.sym,
                                desc_act=recipe.desc_act, static_groups=recipe.static_groups, engine=engine)
     extra = {"mse": recipe.mse, "act_group_aware": recipe.act_group_aware}

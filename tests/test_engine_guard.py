@@ -1,0 +1,20 @@
+"""The fast engine refuses what is not held to GPTQModel's loop, naming the engine that can do it."""
+
+from __future__ import annotations
+
+import pytest
+
+from fraudq.config import build_config
+from fraudq.errors import BadInput
+from fraudq.quant.quantize import check_engine_holds
+
+
+def test_asymmetric_on_cuda_needs_the_library_loop():
+    asym = build_config(None, overrides={"sym": False}, environ={})
+    with pytest.raises(BadInput, match="--engine gptqmodel"):
+        check_engine_holds(asym, "cuda")
+    with pytest.raises(BadInput):
+        check_engine_holds(asym, "cuda:1")
+    check_engine_holds(asym, "cpu")  # held to the library on CPU (tests/test_gptq_fast.py)
+    check_engine_holds(build_config(None, overrides={"sym": False, "engine": "gptqmodel"}, environ={}), "cuda")
+    check_engine_holds(build_config(None, environ={}), "cuda")  # symmetric
