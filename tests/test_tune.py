@@ -109,6 +109,10 @@ def test_tune_picks_a_recipe_and_writes_its_outputs(tune_runs):
     test = read_json(work / "tune" / "test" / "compare.json")
     assert [m["name"] for m in test["models"]][:2] == ["original", "reference"]
     assert summary["threshold"]["recall"] >= summary["threshold"]["baseline_recall"]
+    # compare's threshold file, fitted on the validation rows, beside the winner for `eval --threshold fitted`.
+    record = read_json(work / "tuned" / "fraudq_threshold.json")
+    assert record["threshold"] == summary["threshold"]["threshold"] and record["fitted_on"]["rows"] == 60
+    assert test["fitted"]["fit_rows"] == 60  # the test rows are read at thresholds fitted elsewhere
 
 
 def test_planted_bad_candidate_is_not_picked(tune_runs):
