@@ -1,9 +1,9 @@
-"""What tune shows and writes: a line per candidate, tune.json, tune.md, the terminal table, the threshold that
-restores the baseline's recall, and the test-set report of the winner beside the reference recipe's."""
+"""What tune shows and writes: a line per candidate, tune.json, tune.md, the terminal table, the winner's
+fraudq_threshold.json (compare's fitted threshold, on the validation rows), and the test-set report of the winner
+beside the reference recipe's."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from fraudq.atomic import atomic_write_json, atomic_write_text
@@ -60,25 +60,25 @@ def entry(cand, front: set[str], budget: float) -> dict:
             "checkpoint": outcome.get("checkpoint")}
 
 
-def recall_threshold(base_recall: float, predictions: list[dict], current: float) -> dict | None:
-    """The margin threshold at which the winner's validation recall is back at the baseline's: `current` when it
-    already is, else the k-th highest fraud row's margin, k = ceil(baseline recall x fraud rows), lowered to
-    midway to the next lower margin."""
-    scores = [p["score"] for p in predictions]
-    positives = sorted((p["score"] for p in predictions if p["label"]), reverse=True)
-    if not positives or None in scores:
+def fitted_threshold(cfg, baseline, chosen_val, tuned: Path, say) -> dict | None:
+    """compare's fitted threshold for the winner (the highest margin threshold whose validation recall reaches the
+    baseline's), fitted on the validation rows and written beside the winner as fraudq_threshold.json, which
+    `fraudq eval --threshold fitted` reads."""
+    from fraudq.report.compare import build_table
+    from fraudq.thresholds import write_fitted
+
+    result, preds = chosen_val
+    loaded = [("original", *baseline), ("tuned", {**result, "model": str(tuned)}, preds)]
+    table = build_table(loaded, cfg.seed)
+    fitted = table.get("fitted")
+    if not fitted:
         return None
-    k = max(1, math.ceil(base_recall * len(positives) - 1e-9))
-    cut = positives[k - 1]
-    lower = [s for s in scores if s < cut]
-    threshold = (cut + max(lower)) / 2 if lower else cut - 1.0
-    if sum(s > current for s in positives) >= k:
-        threshold = current
-    flagged = [p for p in predictions if p["score"] > threshold]
-    tp = sum(p["label"] for p in flagged)
-    return {"threshold": threshold, "baseline_recall": base_recall, "recall": tp / len(positives),
-            "precision": tp / len(flagged) if flagged else 0.0, "rows": len(predictions),
-            "note": "score mode: a row is fraud when its margin exceeds this (fraudq eval's threshold setting)"}
+    files = write_fitted(table, loaded, cfg, say)
+    model = next(m for m in fitted["models"] if m["name"] == "tuned")
+    return {"threshold": model["threshold"], "baseline_recall": fitted["target_recall"],
+            "recall": model["on_fit"]["recall"], "precision": model["on_fit"]["precision"],
+            "rows": fitted["fit_rows"], "file": str(files[0]) if files else None,
+            "rule": "fraud when margin > threshold; fitted on the validation rows"}
 
 
 def table(pool, front) -> tuple[list[str], list[list[str]]]:
@@ -125,7 +125,8 @@ def markdown(summary: dict, header, rows, plot: Path | None) -> str:
     if summary.get("threshold"):
         t = summary["threshold"]
         lines += [f"Threshold restoring the baseline's validation recall ({t['baseline_recall']:.4f}): "
-                  f"{t['threshold']:+.4f} (recall {t['recall']:.4f}, precision {t['precision']:.4f}).", ""]
+                  f"{t['threshold']:+.4f} (recall {t['recall']:.4f}, precision {t['precision']:.4f}), written to "
+                  f"{t['file']} for `fraudq eval --threshold fitted`.", ""]
     if summary.get("test"):
         lines += ["Test set (reports the winner beside the reference recipe; it never chose): "
                   "[test/compare.md](test/compare.md)", ""]
@@ -135,21 +136,24 @@ def markdown(summary: dict, header, rows, plot: Path | None) -> str:
 
 
 def test_report(cfg, runner, reference, chosen, tuned: Path | None, say) -> dict:
-    """The baseline, the reference recipe and the winner on the test set: compare.json / compare.md."""
+    """The baseline, the reference recipe and the winner on the test set: compare.json / compare.md, with each
+    model's threshold fitted on the validation rows, so the test figures at those thresholds are held out."""
     from fraudq.report.compare import build_table
     from fraudq.report.render import log_table as log_compare
     from fraudq.report.render import to_markdown
 
     test_dir = runner.tune_dir / "test"
-    models = [("original", Path(cfg.model)), ("reference", Path(reference.outcome["checkpoint"]))]
+    models = [("original", Path(cfg.model), runner.baseline_path),
+              ("reference", Path(reference.outcome["checkpoint"]), runner.tune_dir / reference.id / "val.json")]
     if tuned is not None and chosen.id != reference.id:
-        models.append(("tuned", tuned))
-    loaded = []
-    for name, path in models:
+        models.append(("tuned", tuned, runner.tune_dir / chosen.id / "val.json"))
+    loaded, fit = [], []
+    for name, path, val in models:
         out = test_dir / f"{name}.json"
         runner.evaluate(path, out, f"test-{name}", data=Path(cfg.test_data))
         loaded.append((name, *read_results(out)))
-    compare = build_table(loaded, cfg.seed)
+        fit.append((name, *read_results(val)))
+    compare = build_table(loaded, cfg.seed, fit=fit, fit_data=str(runner.val.path))
     atomic_write_json(test_dir / "compare.json", compare)
     atomic_write_text(test_dir / "compare.md", to_markdown(compare, test_dir))
     say(f"test set {cfg.test_data}: reference {reference.id}" + (f", tuned {chosen.id}" if chosen else ""))
@@ -180,8 +184,7 @@ def write_all(cfg, space: str, val, baseline, search, chosen, tuned, test, tune_
         "candidates": [entry(c, front, cfg.tune_budget_bits) for c in pool],
         "chosen": chosen.id if chosen else None, "chosen_recipe": chosen.recipe.to_dict() if chosen else None,
         "nearest": nearest.id if nearest else None, "tuned_dir": str(tuned) if tuned else None,
-        "threshold": recall_threshold(base_result["recall"], read_results(tune_dir / chosen.id / "val.json")[1],
-                                      cfg.threshold)
+        "threshold": fitted_threshold(cfg, baseline, read_results(tune_dir / chosen.id / "val.json"), tuned, say)
         if chosen else None,
         "test": test,
     }
