@@ -28,7 +28,7 @@ HOLDER = ("import sys\nfrom fraudq.atomic import hold\n"
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """On a busy 2-core machine torch's second thread makes tiny-model forwards slower, not faster."""
+    """On a machine with few, shared cores torch's second thread makes tiny-model forwards slower, not faster."""
     import torch
 
     threads = torch.get_num_threads()
