@@ -39,6 +39,18 @@ class Project:
         return self.root / "runs"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run many small ops, which a second torch thread slows down on a few shared cores. Modules that
+    want it name it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_cli(*args: str, env: dict | None = None):
     """Invokes the real CLI in-process; returns the click Result (exit_code, stdout, stderr)."""
     runner = CliRunner()

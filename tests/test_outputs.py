@@ -26,15 +26,7 @@ HOLDER = ("import sys\nfrom fraudq.atomic import hold\n"
           "with hold(sys.argv[1], inside=sys.argv[2] == '1'):\n    print('held', flush=True)\n    sys.stdin.read()\n")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a machine with few, shared cores torch's second thread makes tiny-model forwards slower, not faster."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

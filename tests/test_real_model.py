@@ -33,13 +33,7 @@ def load_preset():
     return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """GPTQ's column loop and a two-layer forward are many small ops, which a second torch thread slows down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

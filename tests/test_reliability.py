@@ -29,15 +29,7 @@ CANARY_TEST = "金丝雀测试句子CANARY-TEST-91c2，请勿外泄"
 # ---------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a machine with few, shared cores torch's second thread makes tiny-model forwards far slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rows_of(path: Path, n: int) -> list[dict]:
