@@ -59,8 +59,6 @@ def test_template_memory_bomb_is_refused_before_it_allocates(project, tmp_path):
 
 
 def test_template_output_bomb_in_eval_is_refused(project, tmp_path):
-    from fraudq import prompts
-
     model = copy_model(project, tmp_path)
     set_template(model, "{% for m in messages %}{{ m['content'] * 100000 }}{% endfor %}")
     data = write_rows(tmp_path / "d.jsonl", rows_of(project.test, 2))
@@ -69,7 +67,6 @@ def test_template_output_bomb_in_eval_is_refused(project, tmp_path):
                            "--out", tmp_path / "r.json"), "chat template", "bound")
     assert time.perf_counter() - start < 60
     assert not (tmp_path / "r.json").exists()
-    assert prompts.TEMPLATE_MEMORY_BYTES == 1 << 30
 
 
 def test_template_time_bomb_is_stopped(project, tmp_path, monkeypatch):
