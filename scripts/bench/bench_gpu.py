@@ -300,8 +300,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log: list = []
     started = time.perf_counter()
+    # The machine running a phase may hold a copy of the tree without git: COMMIT names what is measured.
     result = {"phase": args.phase, "card": gpu_name(), "date": time.strftime("%Y-%m-%d"),
-              "command": " ".join(sys.argv), "steps": log}
+              "commit": os.environ.get("COMMIT"), "command": " ".join(sys.argv), "steps": log}
 
     def save() -> None:
         result["phase_wall_s"] = round(time.perf_counter() - started, 2)
