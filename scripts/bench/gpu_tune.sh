@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `fraudq tune` on the fine-tuned real model that scripts/bench/gpu_real_model.sh left in WORK, on the same warm
-# single-GPU machine: validation split off calib0819_chatml.jsonl, the winner reported on test0819.jsonl.
+# single-GPU machine: validation split off train.jsonl (labelled; the chat-format calibration file has no labels), the winner reported on test0819.jsonl.
 # Usage: [COMMIT=SHA] scripts/bench/gpu_tune.sh OUT_DIR [WORK (default /tmp/fraudq-real)] [DATA_DIR (default .gpu/data)]
 #   Candidates: scripts/bench/tune_real_model.toml. Writes OUT_DIR/tune.json, tune.md, the plot, tune.log, wall.json.
 set -euo pipefail
@@ -19,7 +19,7 @@ export FRAUDQ_BACKEND=triton FRAUDQ_WORK_DIR=$work/tune-runs
 mkdir -p "$out"
 start=$(date +%s)
 rc=0
-python3 -m fraudq tune --model "$model" --calib-data "$data/calib0819_chatml.jsonl" --test-data "$data/test0819.jsonl" \
+python3 -m fraudq tune --model "$model" --calib-data "$data/train.jsonl" --test-data "$data/test0819.jsonl" \
   --bits 4,8 --budget-bits 9 --candidates scripts/bench/tune_real_model.toml 2>&1 | tee "$out/tune.log" || rc=$?
 end=$(date +%s)
 for f in "$FRAUDQ_WORK_DIR"/tune/tune.json "$FRAUDQ_WORK_DIR"/tune/tune.md "$FRAUDQ_WORK_DIR"/tune/*.png; do
