@@ -18,3 +18,11 @@ def test_asymmetric_on_cuda_needs_the_library_loop():
     check_engine_holds(asym, "cpu")  # held to the library on CPU (tests/test_gptq_fast.py)
     check_engine_holds(build_config(None, overrides={"sym": False, "engine": "gptqmodel"}, environ={}), "cuda")
     check_engine_holds(build_config(None, environ={}), "cuda")  # symmetric
+
+
+def test_engine_unheld_settings_lets_a_benchmark_measure_asymmetric_on_cuda():
+    """The escape hatch is a config key or FRAUDQ_ variable, never a default, and it is what lifts the refusal."""
+    asym = build_config(None, overrides={"sym": False}, environ={"FRAUDQ_ENGINE_UNHELD_SETTINGS": "true"})
+    assert asym.engine_unheld_settings is True
+    check_engine_holds(asym, "cuda")
+    assert build_config(None, environ={}).engine_unheld_settings is False
