@@ -99,9 +99,16 @@ def test_stacked_solve_matches_gptqmodel_per_module_in_every_setting(bits, sym, 
         assert (ours[2] == 0).any() and (ours[2] == maxq).any()  # both ends of the zero-point range exercised
 
 
-def test_engine_writes_the_library_checkpoint_bit_for_bit_at_one_row_per_batch(quantized, tmp_path):
+@pytest.mark.parametrize("bits,settings", [
+    (4, []),
+    (4, ["--no-sym", "--group-size", "32"]),
+    (3, ["--no-sym", "--no-true-sequential"]),
+    (8, ["--no-sym", "--group-size", "-1"]),
+], ids=["int4-sym", "int4-asym-g32", "int3-asym-not-sequential", "int8-asym-per-channel"])
+def test_engine_writes_the_library_checkpoint_bit_for_bit_at_one_row_per_batch(quantized, tmp_path, bits, settings):
     """Without padding the forwards are the library's, so every saved tensor must be equal. Rows of three
-    dialogues each (~450 tokens): long enough that the CPU BLAS blocks X^T X, where rounding orders part."""
+    dialogues each (~450 tokens): long enough that the CPU BLAS blocks X^T X, where rounding orders part.
+    Asymmetric zero points, 3-bit packing and one solve per layer (true-sequential off) are held too."""
     from fraudq.demo.synth import generate_dialogues, write_jsonl
 
     dialogues = generate_dialogues(48, seed=5)
@@ -116,7 +123,7 @@ def test_engine_writes_the_library_checkpoint_bit_for_bit_at_one_row_per_batch(q
     outs = {}
     for engine, flags in (("gptqmodel", ["--batch-size", "1"]), ("fraudq", ["--batch-tokens", "1"])):
         outs[engine] = tmp_path / engine
-        result = run_cli("quantize", "--bits", "4", "--config", quantized.config, "--calib", calib,
+        result = run_cli("quantize", "--bits", str(bits), *settings, "--config", quantized.config, "--calib", calib,
                          "--engine", engine, *flags, "--out", outs[engine])
         assert result.exit_code == 0, result.output
     ours, theirs = (load_file(outs[e] / "model.safetensors") for e in ("fraudq", "gptqmodel"))

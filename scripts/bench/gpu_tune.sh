@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `fraudq tune` on the fine-tuned real model that scripts/bench/gpu_real_model.sh left in WORK, on the same warm
-# single-GPU machine: validation split off train.jsonl (labelled; the chat-format calibration file has no labels), the winner reported on test0819.jsonl.
+# single-GPU machine: validation split off train.jsonl (labelled; the chat-format calibration file has no
+# labels), a 10-bit budget so the 8-bit recipes compete, the winner reported on test0819.jsonl.
 # Usage: [COMMIT=SHA] scripts/bench/gpu_tune.sh OUT_DIR [WORK (default /tmp/fraudq-real)] [DATA_DIR (default .gpu/data)]
 #   Candidates: scripts/bench/tune_real_model.toml. Writes OUT_DIR/tune.json, tune.md, the plot, tune.log, wall.json.
 set -euo pipefail
