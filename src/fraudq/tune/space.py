@@ -206,7 +206,7 @@ def engine_for(recipe: Recipe, default_engine: str, device: str = "cpu") -> str:
     (asymmetric on CUDA: quant/quantize.check_engine_holds); otherwise the configured engine.
 
     fraudq's engine calls the library's Quantizer, so asymmetric and MSE recipes give the library's bytes on CPU
-    (tests/test_tune.py holds it to that)."""
+    (tests/cli/test_tune.py holds it to that)."""
     if recipe.needs_library or (not recipe.sym and device.startswith("cuda")):
         return "gptqmodel"
     return default_engine

@@ -8,7 +8,7 @@ from fraudq.report.compare import build_table
 from fraudq.report.metrics import roc_auc
 from fraudq.report.render import log_table, log_verdict, to_markdown
 
-from test_curves import BASE, LABELS, OTHER
+from helpers import BASE, LABELS, OTHER
 
 
 def loaded_item(name, scores, labels=LABELS, quant=None, dtype="bfloat16", sha="a" * 64, threshold=0.0):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import one_line_error, run_cli
+from helpers import copy_model, leftovers, rows_of, tree_digest, write_rows
 
 CANARY_CALIB = "金丝雀校准句子CANARY-CALIB-7f3a，请勿外泄"
 CANARY_TEST = "金丝雀测试句子CANARY-TEST-91c2，请勿外泄"
@@ -32,11 +33,6 @@ CANARY_TEST = "金丝雀测试句子CANARY-TEST-91c2，请勿外泄"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def rows_of(path: Path, n: int) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(next(handle)) for _ in range(n)]
-
-
 def calib_and_eval_refuse(project, data: Path, tmp_path: Path, *needles: str) -> None:
     """Both readers of labelled data stop on `data` with the same one-line error and write nothing."""
     for command in ("calib", "eval"):
@@ -44,30 +40,6 @@ def calib_and_eval_refuse(project, data: Path, tmp_path: Path, *needles: str) ->
         result = run_cli(command, "--config", project.config, "--model", project.model, "--data", data, "--out", out)
         one_line_error(result, *needles)
         assert not out.exists()
-
-
-def write_rows(path: Path, rows, raw_lines: dict[int, str] | None = None) -> Path:
-    """JSONL of `rows`; raw_lines replaces line N (1-based) by a literal string."""
-    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
-    for number, text in (raw_lines or {}).items():
-        lines[number - 1] = text
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def leftovers(folder: Path) -> list[Path]:
-    return sorted(folder.glob(".fraudq-tmp-*"))
-
-
-def copy_model(project, tmp_path: Path, name: str = "m") -> Path:
-    target = tmp_path / name
-    shutil.copytree(project.model, target)
-    return target
 
 
 # ---------------------------------------------------------------- data files and rows
@@ -671,7 +643,7 @@ def test_trust_remote_code_is_off_by_default_everywhere():
     from fraudq.config import Config
 
     assert Config().trust_remote_code is False and Config().allow_pickle is False
-    src = Path(__file__).resolve().parents[1] / "src" / "fraudq"
+    src = Path(__file__).resolve().parents[2] / "src" / "fraudq"
     for file in src.glob("*.py"):
         text = file.read_text(encoding="utf-8")
         assert "trust_remote_code=True" not in text, file

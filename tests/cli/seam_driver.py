@@ -1,4 +1,4 @@
-"""The real CLI in a process of its own, with one seam for tests/test_outputs.py.
+"""The real CLI in a process of its own, with one seam for tests/cli/test_outputs.py.
 
 Usage: python seam_driver.py SEAM ARG FRAUDQ-ARGS...
   pause-holding FOLDER  once the run holds its output's lock: writes FOLDER/held, waits for FOLDER/go

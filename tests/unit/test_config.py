@@ -12,7 +12,7 @@ from fraudq.errors import BadInput
 
 from conftest import run_cli, write_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_toml_matches_the_dataclass():

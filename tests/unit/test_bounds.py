@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import one_line_error, run_cli
-from test_reliability import copy_model, rows_of, write_rows
+from helpers import copy_model, rows_of, write_rows
 
 # Far below what a bomb asks for, well above what the CLI needs to load the tiny model and refuse.
 ADDRESS_SPACE_LIMIT = 12 << 30

