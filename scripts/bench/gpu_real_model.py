@@ -5,11 +5,12 @@
 
 DATA_DIR holds train.jsonl, test0819.jsonl and calib0819_chatml.jsonl. The phase converts the GGUF file
 (scripts/bench/smollm2_fraud.py), fine-tunes every weight on all of train.jsonl (rows cut to 1,024 tokens),
-calibrates on all of calib0819_chatml.jsonl, quantizes with fraudq's engine and with GPTQModel's loop
-(int8 and int4 at group 64, symmetric; int4 at group 32, asymmetric; damp 0.01, true-sequential, no
-act-order: 576, the hidden width, is no multiple of 128), evaluates everything on all of test0819.jsonl in
-score mode, runs `fraudq compare`, and writes OUT/real_model.json (every number), OUT/compare.md and each
-step's log under OUT/logs/.
+calibrates on all of calib0819_chatml.jsonl, quantizes with fraudq's engine (int8 and int4 at group 64,
+symmetric; int4 at group 32, asymmetric, with the TF32 and with an fp32 Hessian; damp 0.01, true-sequential,
+no act-order: 576, the hidden width, is no multiple of 128) and the int4 variants with GPTQModel's loop,
+evaluates everything on all of test0819.jsonl in score mode (the asymmetric checkpoints also through
+GPTQModel's torch kernel), counts the saved zero points, runs `fraudq compare`, and writes
+OUT/real_model.json (every number), OUT/compare.md and each step's log under OUT/logs/.
 
 Each step is its own process (fraudq's CLI, as a user runs it), logged under WORK/logs/. Steps run up to
 --jobs at a time in dependency order, evaluations first, then the longest (GPTQModel's loop takes several
@@ -225,13 +226,14 @@ def zero_points(checkpoint: Path, bits: int) -> dict | None:
     files = sorted(checkpoint.glob("*.safetensors"))
     if not files or bits not in (2, 4, 8):
         return None
+    import torch
     from safetensors.torch import load_file
 
     counts = [0] * (1 << bits)
     for file in files:
         for key, packed in load_file(str(file)).items():
             if key.endswith(".qzeros"):
-                words = packed.view(-1).to(dtype=__import__("torch").int64) & 0xFFFFFFFF
+                words = packed.view(-1).to(dtype=torch.int64) & 0xFFFFFFFF
                 for shift in range(0, 32, bits):
                     values = (words >> shift) & ((1 << bits) - 1)
                     for value, count in zip(*values.unique(return_counts=True)):
