@@ -112,11 +112,11 @@ def log_table(header, rows, title: str, say) -> None:
 
 def markdown(summary: dict, header, rows, plot: Path | None) -> str:
     chosen = summary["chosen"]
+    split = summary["validation"]["split"]
     lines = [f"# fraudq tune ({summary['candidates_total']} candidates, {summary['space']} list)", "",
              f"- model: {summary['model']}", f"- validation: {summary['validation']['path']} "
-             f"({summary['validation']['rows']} rows)" + (" split off the calibration data, seed "
-                                                          f"{summary['validation']['split']['seed']}"
-                                                          if summary["validation"]["split"] else ""),
+             f"({summary['validation']['rows']} rows)"
+             + (f" split off the calibration data {split['from']}, seed {split['seed']}" if split else ""),
              f"- budget: {summary['budget_bits']:g} average bits per weight", f"- rule: {summary['rule']['text']}",
              f"- chosen: {chosen or 'none passes; nearest ' + str(summary['nearest'])}", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
