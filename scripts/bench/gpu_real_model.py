@@ -6,10 +6,12 @@
 DATA_DIR holds train.jsonl, test0819.jsonl and calib0819_chatml.jsonl. The phase converts the GGUF file
 (scripts/bench/smollm2_fraud.py), fine-tunes every weight on all of train.jsonl (rows cut to 1,024 tokens),
 calibrates on all of calib0819_chatml.jsonl, quantizes with fraudq's engine (int8 and int4 at group 64,
-symmetric; int4 at group 32, asymmetric, with the TF32 and with an fp32 Hessian; damp 0.01, true-sequential,
-no act-order: 576, the hidden width, is no multiple of 128) and the int4 variants with GPTQModel's loop,
-evaluates everything on all of test0819.jsonl in score mode (the asymmetric checkpoints also through
-GPTQModel's torch kernel), counts the saved zero points, runs `fraudq compare`, and writes
+symmetric; int4 at group 32, asymmetric; damp 0.01, true-sequential, no act-order: 576, the hidden width, is no
+multiple of 128). The engines are compared on a seeded sample of --library-rows calibration rows (GPTQModel's
+loop takes minutes per checkpoint on all of them): each int4 variant once more with fraudq's engine and once with
+GPTQModel's loop, both on that sample. Everything is evaluated on all of test0819.jsonl in score mode (the
+asymmetric checkpoints also through GPTQModel's torch kernel); the phase counts the saved zero points, runs
+`fraudq compare`, and writes
 OUT/real_model.json (every number), OUT/compare.md and each step's log under OUT/logs/.
 
 Each step is its own process (fraudq's CLI, as a user runs it), logged under WORK/logs/. Steps run up to
@@ -39,14 +41,11 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DATA_FILES = ("train.jsonl", "test0819.jsonl", "calib0819_chatml.jsonl")
 # name -> (bits, group size, symmetric)
 VARIANTS = {"int8-g64": (8, 64, True), "int4-g64": (4, 64, True), "int4-g32-asym": (4, 32, False)}
-# Variants also quantized by GPTQModel's loop (minutes each on this model): the int4 ones, where the engines can part.
+# Variants quantized by both engines on the calibration sample: the int4 ones, where the engines can part.
 LIBRARY_VARIANTS = ("int4-g64", "int4-g32-asym")
-# Extra checkpoints of one variant: (variant, suffix, environment). fraudq's engine with an fp32 Hessian tells
-# whether TF32 X^T X is where its asymmetric checkpoint parts from the library's.
-EXTRA_QUANTIZE = (("int4-g32-asym", "fraudq-fp32h", {"FRAUDQ_HESSIAN_TF32": "false"}),)
 # Checkpoints evaluated a second time through GPTQModel's torch kernel: a kernel that read asymmetric zero
 # points wrongly would show here as scores apart from the triton kernel's.
-KERNEL_CHECKS = ("int4-g32-asym-fraudq", "int4-g32-asym-gptqmodel")
+KERNEL_CHECKS = ("int4-g32-asym-fraudq", "int4-g32-asym-gptqmodel-sample")
 
 
 class Job:
@@ -105,17 +104,21 @@ def device_info() -> dict:
     return info
 
 
-def quantized_checkpoints() -> list[tuple[str, str, dict]]:
-    """(variant, engine or suffix, environment) of every checkpoint the phase writes."""
-    return ([(v, "fraudq", {}) for v in VARIANTS] + [(v, "gptqmodel", {}) for v in LIBRARY_VARIANTS]
-            + list(EXTRA_QUANTIZE))
+def quantized_checkpoints() -> list[tuple[str, str, bool]]:
+    """(variant, engine, calibrated on the sample) of every checkpoint the phase writes."""
+    return ([(v, "fraudq", False) for v in VARIANTS]
+            + [(v, engine, True) for v in LIBRARY_VARIANTS for engine in ("fraudq", "gptqmodel")])
+
+
+def checkpoint_name(variant: str, engine: str, on_sample: bool) -> str:
+    return f"{variant}-{engine}" + ("-sample" if on_sample else "")
 
 
 def plan(args, work: Path, data: Path) -> list[Job]:
     """Every step, with what it needs first and how long it roughly takes (for longest-first ordering)."""
     dry = args.dry_run
     base, model, runs = work / "smollm2", work / "smollm2-fraud", work / "runs"
-    calib = runs / "calib.jsonl"
+    calib, sample = runs / "calib.jsonl", runs / "calib-sample.jsonl"
     device = "cpu" if dry else "cuda"
     jobs = [
         Job("convert", preset("convert", "--out", str(base), "--gguf", str(args.gguf), "--log-json",
@@ -132,15 +135,18 @@ def plan(args, work: Path, data: Path) -> list[Job]:
                             "--max-len", str(args.max_len), *(["--n", "20"] if dry else [])),
             calib.with_name(calib.name + ".meta.json"), after=("convert",), weight=1),
     ]
+    jobs.append(Job("calib-sample", fraudq("calib", "--model", str(base), "--data",
+                                           str(data / "calib0819_chatml.jsonl"), "--max-len", str(args.max_len),
+                                           "--n", str(10 if dry else args.library_rows), "--out", str(sample)),
+                    sample.with_name(sample.name + ".meta.json"), after=("convert",), weight=1))
     quantized = quantized_checkpoints()
-    for variant, suffix, extra_env in quantized:
+    for variant, engine, on_sample in quantized:
         bits, group, sym = VARIANTS[variant]
-        engine = "gptqmodel" if suffix == "gptqmodel" else "fraudq"
-        name = f"{variant}-{suffix}"
+        name = checkpoint_name(variant, engine, on_sample)
         flags = ["--bits", str(bits), "--group-size", str(group), "--damp", "0.01",
                  "--sym" if sym else "--no-sym", "--true-sequential", "--no-desc-act", "--engine", engine,
-                 "--out", str(runs / name)]
-        env = dict(extra_env)
+                 "--calib", str(sample if on_sample else calib), "--out", str(runs / name)]
+        env = {}
         if engine == "gptqmodel":
             flags += ["--batch-size", str(args.library_batch)]
             if not dry:  # GPTQModel's loop is Python-bound: a few threads each, so several can share the CPU.
@@ -148,9 +154,10 @@ def plan(args, work: Path, data: Path) -> list[Job]:
         elif not sym:
             env["FRAUDQ_ENGINE_UNHELD_SETTINGS"] = "true"  # measured against the library, not served
         jobs.append(Job(f"quantize-{name}", fraudq("quantize", *flags), runs / name / "quant_report.json",
-                        after=("finetune", "calib"), weight=8 if engine == "gptqmodel" else 2, env=env))
+                        after=("finetune", "calib-sample" if on_sample else "calib"),
+                        weight=8 if engine == "gptqmodel" else 2, env=env))
     evals = [("fp16", model, "finetune", {})] + [
-        (f"{v}-{e}", runs / f"{v}-{e}", f"quantize-{v}-{e}", {}) for v, e, _ in quantized] + [
+        (name, runs / name, f"quantize-{name}", {}) for name in (checkpoint_name(*q) for q in quantized)] + [
         (f"{name}-torch-kernel", runs / name, f"quantize-{name}", {"FRAUDQ_BACKEND": "torch"})
         for name in KERNEL_CHECKS]
     for name, path, after, env in evals:
@@ -184,9 +191,9 @@ def summarize(work: Path, result: dict) -> None:
         meta = read(runs / "calib.jsonl.meta.json")
         result["calib"] = {"stats": meta["stats"], "data_sha256": meta["data_sha256"], "max_len": meta["max_len"]}
     result["quantized"], result["evals"] = {}, {}
-    for variant, suffix, _ in quantized_checkpoints():
+    for variant, engine, on_sample in quantized_checkpoints():
         bits, group, sym = VARIANTS[variant]
-        name = f"{variant}-{suffix}"
+        name = checkpoint_name(variant, engine, on_sample)
         report = runs / name / "quant_report.json"
         if report.is_file():
             r = read(report)
@@ -201,12 +208,12 @@ def summarize(work: Path, result: dict) -> None:
             "rows", "confusion", "precision", "recall", "f1", "accuracy", "auc", "samples_per_s", "wall_s", "load_s",
             "warmup_s", "memory", "size_bytes", "kernel", "batching", "fused_kernels", "device", "quantization")}
     result["engines"] = {}
-    pairs = [(v, "fraudq") for v in VARIANTS] + [(v, suffix) for v, suffix, _ in EXTRA_QUANTIZE]
-    for variant, suffix in pairs:
-        ours, theirs = (result["quantized"].get(f"{variant}-{e}") for e in (suffix, "gptqmodel"))
+    for variant in LIBRARY_VARIANTS:
+        names = [checkpoint_name(variant, engine, True) for engine in ("fraudq", "gptqmodel")]
+        ours, theirs = (result["quantized"].get(n) for n in names)
         if ours and theirs:
-            result["engines"][f"{variant}-{suffix}"] = engine_agreement(
-                ours, theirs, *(runs / "eval" / f"{variant}-{e}.predictions.jsonl" for e in (suffix, "gptqmodel")))
+            result["engines"][variant] = engine_agreement(
+                ours, theirs, *(runs / "eval" / f"{n}.predictions.jsonl" for n in names))
     result["kernel_checks"] = {}
     for name in KERNEL_CHECKS:
         triton, torch_kernel = (runs / "eval" / f"{n}.predictions.jsonl" for n in (name, f"{name}-torch-kernel"))
@@ -351,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch", type=int, default=16, help="training rows per step")
     parser.add_argument("--train-max-s", type=float, default=120, help="fine-tuning stops after this long")
+    parser.add_argument("--library-rows", type=int, default=512,
+                        help="calibration rows (a seeded sample) both engines are compared on")
     parser.add_argument("--library-batch", type=int, default=64, help="GPTQModel's loop: calibration rows per forward")
     parser.add_argument("--library-threads", type=int, default=6, help="GPTQModel's loop: CPU threads per process")
     parser.add_argument("--fresh", action="store_true", help="delete WORK first instead of resuming")
@@ -458,7 +467,7 @@ def table(result: dict) -> str:
     if result.get("fused_kernels_check"):
         lines.append("# fp16 with and without fused kernels: " + json.dumps(result["fused_kernels_check"]))
     for variant, agreement in result.get("engines", {}).items():
-        lines.append(f"# {variant} fraudq vs gptqmodel: " + json.dumps(
+        lines.append(f"# {variant} on the calibration sample, fraudq vs gptqmodel: " + json.dumps(
             {k: v for k, v in agreement.items() if k != "summed_loss"}))
     for name, check in result.get("kernel_checks", {}).items():
         lines.append(f"# {name} triton vs torch kernel: " + json.dumps(check))
