@@ -151,8 +151,6 @@ def plan(args, work: Path, data: Path) -> list[Job]:
             flags += ["--batch-size", str(args.library_batch)]
             if not dry:  # GPTQModel's loop is Python-bound: a few threads each, so several can share the CPU.
                 env.update(OMP_NUM_THREADS=str(args.library_threads), GPTQMODEL_CPU_WORKERS=str(args.library_threads))
-        elif not sym:
-            env["FRAUDQ_ENGINE_UNHELD_SETTINGS"] = "true"  # measured against the library, not served
         jobs.append(Job(f"quantize-{name}", fraudq("quantize", *flags), runs / name / "quant_report.json",
                         after=("finetune", "calib-sample" if on_sample else "calib"),
                         weight=8 if engine == "gptqmodel" else 2, env=env))

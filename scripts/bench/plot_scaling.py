@@ -4,7 +4,8 @@
 
 Writes scaling_rows.png (the first preset of the `scaling` phase, one point per row count, with the straight
 line through the origin and the smallest run: growing no faster than that line is growing at most linearly)
-and scaling_shape.png (every preset at the largest row count, against its parameter count).
+and scaling_shape.png (every preset at the largest row count: time and peak GPU memory against its parameter
+count).
 """
 
 from __future__ import annotations
@@ -58,20 +59,33 @@ def plot_rows(runs: list[dict], out: Path) -> Path | None:
 
 
 def plot_shape(runs: list[dict], out: Path) -> Path | None:
+    """Time and peak GPU memory against parameter count, side by side."""
     most = max(r["rows"] for r in runs)
-    points = sorted((r["parameters"] / 1e9, r["timings"]["total_s"], r["preset"]) for r in runs if r["rows"] == most)
+    points = sorted((r["parameters"] / 1e9, r["timings"]["total_s"], r["memory"].get("peak_gpu_gb"), r["preset"])
+                    for r in runs if r["rows"] == most)
     if len(points) < 2:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="#0072B2", label="load → saved")
-    for params, seconds, preset in points:
-        ax.annotate(f"{preset}: {seconds:.0f} s", (params, seconds), textcoords="offset points", xytext=(6, -12))
-    ax.set_xlabel("parameters (billions)")
-    ax.set_ylabel("seconds")
-    ax.set_xlim(0, points[-1][0] * 1.3)  # room for the last label
-    ax.set_ylim(bottom=0)
-    ax.set_title(f"fraudq quantize int4, {most} calibration rows\n{runs[0]['card']}, {runs[0]['date']}", fontsize=10)
-    return save(fig, ax, out / "scaling_shape.png")
+    fig, (ax, mem) = plt.subplots(1, 2, figsize=(10, 4.2))
+    params = [p[0] for p in points]
+    ax.plot(params, [p[1] for p in points], "o-", color="#0072B2", label="load → saved")
+    mem.plot(params, [p[2] for p in points], "s-", color="#D55E00", label="peak GPU memory")
+    for x, seconds, gigabytes, preset in points:
+        ax.annotate(f"{preset}: {seconds:.0f} s", (x, seconds), textcoords="offset points", xytext=(6, -12))
+        mem.annotate(f"{preset}: {gigabytes:.2f} GB", (x, gigabytes), textcoords="offset points", xytext=(6, -12))
+    for axis, label in ((ax, "seconds"), (mem, "GB")):
+        axis.set_xlabel("parameters (billions)")
+        axis.set_ylabel(label)
+        axis.set_xlim(0, points[-1][0] * 1.35)  # room for the last label
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.suptitle(f"fraudq quantize int4, {most} calibration rows; random-init weights\n"
+                 f"{runs[0]['card']}, {runs[0]['date']}", fontsize=10)
+    fig.tight_layout()
+    path = out / "scaling_shape.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main() -> None:

@@ -47,9 +47,6 @@ class Config:
     # fraudq engine: tokens per X^T X product (longer TF32 chains bias the Hessian: docs/BENCHMARKS.md);
     # 0 = one product per calibration batch
     hessian_chunk_tokens: int = 1024
-    # fraudq engine: also run settings it refuses because no test yet holds them to GPTQModel's loop; for
-    # measuring them against the library, never for a checkpoint someone will serve
-    engine_unheld_settings: bool = False
     device: str = "auto"  # quantize: a GPU, unless --device cpu; eval and load: the GPU if there is one
     backend: str = "auto"  # GPTQModel kernel for loading quantized models: auto, torch, triton, marlin
     # [eval]
@@ -113,7 +110,7 @@ FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 # Keys that change what a stage produces: recorded beside its output, and compared to judge it stale.
 CALIB_KEYS = ("calib_n", "max_len", "seed", "instruction")
 QUANT_KEYS = ("group_size", "damp", "desc_act", "sym", "true_sequential", "static_groups", "quant_batch_size",
-              "engine", "quant_batch_tokens", "hessian_tf32", "hessian_chunk_tokens", "engine_unheld_settings")
+              "engine", "quant_batch_tokens", "hessian_tf32", "hessian_chunk_tokens")
 # compare refuses to mix results that differ here.
 PROMPT_KEYS = ("mode", "instruction", "answer_prefix", "true_word", "false_word", "max_new_tokens", "limit")
 
@@ -124,8 +121,7 @@ FLAGS = {"calib_n": "--n", "quant_batch_size": "--batch-size", "eval_batch_size"
          "tune_max_flip_rate": "--max-flip-rate", "tune_max_delta_f1": "--max-delta-f1", "tune_alpha": "--alpha",
          "tune_sensitivity_rows": "--sensitivity-rows", "tune_prune": "--prune"}
 # Keys set only in a config file or a FRAUDQ_ variable: messages name the key itself.
-NO_FLAG = ("hessian_chunk_tokens", "hessian_tf32", "engine_unheld_settings", "token_budget", "generate_token_budget",
-           "cudnn_attention")
+NO_FLAG = ("hessian_chunk_tokens", "hessian_tf32", "token_budget", "generate_token_budget", "cudnn_attention")
 CHOICES = {
     "mode": ("score", "generate"),
     "runtime": ("hf", "vllm"),

@@ -274,3 +274,17 @@ def test_none_passing_is_an_honest_result(tune_runs):
     assert "no candidate passes the rule within 10.5 bits; nearest: " + BAD in result.stdout
     assert not (tune_runs["work"] / "tuned").exists()
     assert not any(c["quantized"] for c in summary["candidates"])
+
+
+def test_recipes_go_to_the_library_loop_only_for_what_the_fast_engine_does_not_do():
+    """Asymmetric and MSE recipes stay on the configured engine, on CUDA as on CPU; act-order, static groups,
+    group-aware order and per-layer overrides need GPTQModel's loop."""
+    from fraudq.tune.space import Recipe, quant_settings
+
+    cfg = build_config(overrides={"device": "cuda"}, environ={})
+    for recipe in (Recipe(bits=4, sym=False), Recipe(bits=4, group_size=32, sym=False, mse=2.4)):
+        qcfg, extra = quant_settings(recipe, cfg)
+        assert qcfg.engine == "fraudq" and qcfg.sym is False and extra["mse"] == recipe.mse
+    for recipe in (Recipe(bits=4, desc_act=True), Recipe(bits=4, static_groups=True), Recipe(bits=4, keep_8bit=1)):
+        assert quant_settings(recipe, cfg)[0].engine == "gptqmodel"
+    assert quant_settings(Recipe(bits=4), cfg, dynamic={"-:x": {}})[0].engine == "gptqmodel"

@@ -64,15 +64,6 @@ def vocab_size(config: dict) -> int | None:
     return config.get("text_config", config).get("vocab_size")
 
 
-def check_engine_holds(cfg: Config, device: str) -> None:
-    """The fast engine runs only what tests hold to GPTQModel's own loop. Asymmetric checkpoints are held on CPU;
-    on CUDA, where the engine's solve runs as captured graphs and packs on the GPU, one answered far worse than
-    the library's on a real model, so until that path is held too it is refused rather than written worse."""
-    if cfg.engine == "fraudq" and not cfg.sym and device.startswith("cuda") and not cfg.engine_unheld_settings:
-        raise BadInput("fraudq's engine is not yet held to GPTQModel for asymmetric (--no-sym) quantization on "
-                       "CUDA; pass --engine gptqmodel, or quantize symmetric")
-
-
 # Settings of GPTQModel's QuantizeConfig beyond the Config keys, passed as quantize_model's `extra` (fraudq tune).
 EXTRA_KEYS = ("mse", "act_group_aware", "dynamic")
 
@@ -95,7 +86,6 @@ def quantize_model(cfg: Config, bits: int, calib_path: Path, out: Path, force: b
     validate_settings(cfg, bits, info.config)
     device = "cuda" if cfg.device == "auto" else cfg.device
     device = resolve_device(device, "quantize")
-    check_engine_holds(cfg, device)
     with hold(out):
         check_writable(out, force)
         token_ids, calib_meta = read_calibration(calib_path, vocab_size(info.config))

@@ -201,15 +201,12 @@ def candidates(cfg: Config, model_config: dict, device: str) -> tuple[str, list[
     return name, recipes
 
 
-def engine_for(recipe: Recipe, default_engine: str, device: str = "cpu") -> str:
-    """GPTQModel's loop for what fraudq's engine does not do, or does not yet do as the library does
-    (asymmetric on CUDA: quant/quantize.check_engine_holds); otherwise the configured engine.
+def engine_for(recipe: Recipe, default_engine: str) -> str:
+    """GPTQModel's loop for what fraudq's engine does not do (Recipe.needs_library), else the configured engine.
 
     fraudq's engine calls the library's Quantizer, so asymmetric and MSE recipes give the library's bytes on CPU
-    (tests/cli/test_tune.py holds it to that)."""
-    if recipe.needs_library or (not recipe.sym and device.startswith("cuda")):
-        return "gptqmodel"
-    return default_engine
+    (tests/cli/test_tune.py holds it to that), on CUDA too (docs/FIDELITY.md)."""
+    return "gptqmodel" if recipe.needs_library else default_engine
 
 
 def layer_pattern(layer: int) -> str:
@@ -229,8 +226,7 @@ def only_layer_dynamic(layer: int, layers: int) -> dict:
 
 def quant_settings(recipe: Recipe, cfg: Config, dynamic: dict | None = None) -> tuple[Config, dict]:
     """The config quantize_model reads for this recipe, and its extra GPTQModel settings."""
-    device = "cuda" if cfg.device == "auto" else cfg.device  # where quantize will run
-    engine = "gptqmodel" if dynamic else engine_for(recipe, cfg.engine, device)
+    engine = "gptqmodel" if dynamic else engine_for(recipe, cfg.engine)
     qcfg = dataclasses.replace(cfg, group_size=recipe.group_size, damp=recipe.damp, sym=recipe.sym,
                                desc_act=recipe.desc_act, static_groups=recipe.static_groups, engine=engine)
     extra = {"mse": recipe.mse, "act_group_aware": recipe.act_group_aware}
