@@ -1,7 +1,7 @@
-"""GPU benchmark phases for fraudq, each sized for one device call, each writing one JSON file.
+"""GPU benchmark phases for fraudq, each sized to finish within 10 minutes, each writing one JSON file.
 
 Every phase runs fraudq's own CLI (`python -m fraudq ...`) as a user would, times it, and gathers the
-reports it wrote. Phases (run one per device call; merge the JSON files with scripts/bench/bench_merge.py):
+reports it wrote. Phases (one per process; merge the JSON files with scripts/bench/bench_merge.py):
 
     quality  train the `small` reference classifier on train.jsonl, calib on all of calib0819_chatml.jsonl,
              quantize int8 and int4 with fraudq's engine and with GPTQModel's loop, eval fp16/int8/int4 on
@@ -208,7 +208,7 @@ def phase_speed(data: Path, work: Path, env: dict, log: list, result: dict, save
 
 
 ENGINE_VARIANTS = {  # name: (CLI flags, environment); GPTQModel's loop at batch 32 is the reference.
-    # Most informative first: a call cut by its time limit still returns the variants that ran.
+    # Most informative first: a run cut by its time limit still returns the variants that ran.
     "gptqmodel-b32": (["--engine", "gptqmodel", "--batch-size", "32"], {}),
     "fraudq": ([], {}),
     # X^T X as 1,024-token products summed in fp32: if this matches the library where the default (one TF32
@@ -340,7 +340,7 @@ def main() -> int:
 
 
 def short_table(result: dict) -> str:
-    """The few numbers a reader wants first, printed last so they end the device call's output."""
+    """The few numbers a reader wants first, printed last so they end the phase's output."""
     lines = [f"{'model':<6} {'quantize s':>10} {'score rows/s':>12} {'gen rows/s':>10} {'size MB':>9} "
              f"{'P':>6} {'R':>6} {'F1':>6} {'AUC':>6}"]
     if result.get("phase", "").startswith("scaling"):
@@ -363,14 +363,6 @@ def short_table(result: dict) -> str:
             lines.append(f"{name:<20} {v['timings']['total_s']:>6.1f} s  down {' '.join(down)}  "
                          f"median {spread[len(spread) // 2]:.4f} max {spread[-1]:.4f}  damp {' '.join(damps)}  "
                          f"same preds {same}  F1 {v.get('eval', {}).get('f1')}")
-        return "\n".join(lines)
-    if result.get("phase") == "levers":
-        lines = [f"{'variant':<11} {'total s':>8} {'quantize s':>10} {'peak GPU GB':>11} {'mean module loss':>16}"]
-        for name, v in result.get("variants", {}).items():
-            lines.append(f"{name:<11} {v['timings']['total_s']:>8.1f} {v['timings']['quantize_s']:>10.1f} "
-                         f"{v['memory'].get('peak_gpu_gb', float('nan')):>11.2f} {v['mean_module_loss']:>16.4g}")
-        for name, e in result.get("eval_token_budget", {}).items():
-            lines.append(f"eval {name:<20} {e['samples_per_s']:>8.1f} rows/s  peak {e['memory']}")
         return "\n".join(lines)
     if result.get("phase") in ("quality", "check"):
         models = result.get("models", {})

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One benchmark phase on a single-GPU machine without registry or internet access.
 # Usage: [COMMIT=SHA] scripts/bench/bench_gpu.sh PHASE OUT_DIR [DATA_DIR]
-#   PHASE: quality | speed | engines | check | scaling | scaling7b (each sized for one device call);
+#   PHASE: quality | speed | engines | check | scaling | scaling7b (each sized to finish within 10 minutes);
 #   DATA_DIR defaults to .gpu/data (the anti_fraud JSONL files, copied in beside the checkout)
 #   Needs the offline wheel bundle in .whl/ (gptqmodel 7.5.0 and what it needs, optimum, liger-kernel).
 # Merge the phases' JSON files with: python scripts/bench/bench_merge.py OUT_DIR... --out docs/bench/DATE-CARD.json

@@ -25,7 +25,7 @@ def load(paths: list[Path]) -> dict[str, dict]:
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
         key = data.get("phase") or path.stem  # probes write no phase key: named by their file
-        # The same phase run in several calls: fusion, fusion-2, ...
+        # The same phase run several times: fusion, fusion-2, ...
         phases[key if key not in phases else f"{key}-{sum(k.startswith(key) for k in phases) + 1}"] = data
     return phases
 
@@ -126,7 +126,7 @@ LEVERS = ("score_before_levers", "score_no_fused", "generate_before_levers", "sc
 
 
 def eval_levers(speed_evals: dict, quality: dict) -> dict | None:
-    """Eval levers against the default path, each pair measured in one call (in files from retired phases)."""
+    """Eval levers against the default path, each pair measured in one run (in files from retired phases)."""
     runs = {f"qwen2-1.5b/{name}/{key}": {**{k: row[key].get(k) for k in LEVER_KEYS},
                                          "default_samples_per_s": (row.get("score") or {}).get("samples_per_s"),
                                          "agreement_with_default": row.get(f"{key}_agreement")}

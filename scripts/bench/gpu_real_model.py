@@ -18,7 +18,7 @@ Each step is its own process (fraudq's CLI, as a user runs it), logged under WOR
 --jobs at a time in dependency order, evaluations first, then the longest (GPTQModel's loop takes several
 times fraudq's engine, and never holds the last free slot), so
 wall times of steps that overlapped are contended; every step records its start, end and the steps it
-overlapped. A step whose output is already in WORK is skipped, so a second call with the same WORK finishes
+overlapped. A step whose output is already in WORK is skipped, so a second run with the same WORK finishes
 what a first call's --deadline cut off. The JSON is rewritten after every step.
 """
 
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         result["wall_s"] = round(time.perf_counter() - started, 2)
-        # Kept in WORK, so a resumed call still reports how the steps it skips went the first time.
+        # Kept in WORK, so a resumed run still reports how the steps it skips went the first time.
         records = [j.record if j.record.get("status") != "done earlier" else (j.record.get("earlier") or j.record)
                    for j in jobs]
         (work / "steps.json").write_text(json.dumps(records, indent=2), encoding="utf-8")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real-model phase (scripts/bench/gpu_real_model.py) in one call on a single-GPU machine without registry
+# The real-model phase (scripts/bench/gpu_real_model.py) in one run on a single-GPU machine without registry
 # or internet access.
 # Usage: scripts/bench/gpu_real_model.sh OUT_DIR [DATA_DIR] [-- flags for gpu_real_model.py, e.g. --commit SHA]
 #   DATA_DIR (default .gpu/data) holds train.jsonl, test0819.jsonl and calib0819_chatml.jsonl.
