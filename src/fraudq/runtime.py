@@ -74,7 +74,7 @@ def dtype_name(dtype) -> str:
 @contextlib.contextmanager
 def default_stop_signals():
     """SIGTERM and SIGHUP at their defaults for the duration: vLLM manages its engine processes with these
-    signals itself, and fraudq's own handlers (cli.stop_signals_as_exceptions) stopped a run that was ending."""
+    signals itself, and fraudq's own handlers (exits.stop_signals_as_exceptions) stopped a run that was ending."""
     import signal
 
     previous = {signum: signal.signal(signum, signal.SIG_DFL) for signum in (signal.SIGTERM, signal.SIGHUP)}
