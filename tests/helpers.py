@@ -37,6 +37,15 @@ def copy_model(project, tmp_path: Path, name: str = "m") -> Path:
     return target
 
 
+def own_work_config(project, root: Path, name: str) -> Path:
+    """A config on the shared tiny model and data with a work dir of its own under `root` (the shared runs/
+    folder is left alone)."""
+    from conftest import CALIB_ROWS, write_config
+
+    return write_config(root / name, model=str(project.model), work_dir=str(root / "runs"),
+                        calib_data=str(project.train), test_data=str(project.test), calib_n=CALIB_ROWS, device="cpu")
+
+
 LABELS = [True, False, True, True, False, False, True, False]
 # Baseline: at its threshold 0 it flags 6 rows (the 0.5 negative included): recall 3/4, precision 1/2.
 BASE = [3.0, 2.0, 2.0, 1.0, 1.0, 0.5, -1.0, -2.0]

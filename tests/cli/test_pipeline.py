@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from conftest import CALIB_ROWS, run_cli, write_config
+from conftest import CALIB_ROWS, run_cli
+from helpers import own_work_config
 
 STAGES = ["calib", "quantize-int8", "quantize-int4", "eval-fp16", "eval-int8", "eval-int4", "compare"]
 
@@ -31,9 +32,7 @@ def read_json(path):
 def first_run(project, tmp_path_factory):
     """One whole `fraudq run` in a work dir of its own (the shared runs/ folder is left alone)."""
     root = tmp_path_factory.mktemp("pipeline")
-    config = write_config(root / "run.toml", model=str(project.model), work_dir=str(root / "runs"),
-                          calib_data=str(project.train), test_data=str(project.test), calib_n=CALIB_ROWS,
-                          device="cpu")
+    config = own_work_config(project, root, "run.toml")
     result = run_cli("run", "--config", config)
     return root, config, result
 

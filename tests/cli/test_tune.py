@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CALIB_ROWS, one_line_error, run_cli, write_config
+from conftest import one_line_error, run_cli, write_config
+from helpers import own_work_config
 from fraudq.config import build_config
 from fraudq.errors import BadInput
 
@@ -69,9 +70,7 @@ def hard_validation(project, root: Path, config: Path) -> Path:
 @pytest.fixture(scope="module")
 def tune_runs(project, tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
-    config = write_config(root / "tune.toml", model=str(project.model), work_dir=str(root / "runs"),
-                          calib_data=str(project.train), test_data=str(project.test), calib_n=CALIB_ROWS,
-                          device="cpu")
+    config = own_work_config(project, root, "tune.toml")
     val = hard_validation(project, root, config)
     (root / "candidates.toml").write_text(CANDIDATES, encoding="utf-8")
     args = ("tune", "--config", config, "--budget-bits", "13", "--val-data", val, "--candidates", root / "candidates.toml")

@@ -58,28 +58,33 @@ def test_template_memory_bomb_is_refused_before_it_allocates(project, tmp_path):
     assert not (tmp_path / "c.jsonl").exists()
 
 
-def test_template_output_bomb_in_eval_is_refused(project, tmp_path):
+def refused_template_seconds(project, tmp_path, template: str, command: str, out: Path, *needles: str) -> float:
+    """Runs `command` on a copy of the model with `template`: one line naming each needle, no output; returns
+    how long the refusal took."""
     model = copy_model(project, tmp_path)
-    set_template(model, "{% for m in messages %}{{ m['content'] * 100000 }}{% endfor %}")
+    set_template(model, template)
     data = write_rows(tmp_path / "d.jsonl", rows_of(project.test, 2))
     start = time.perf_counter()
-    one_line_error(run_cli("eval", "--config", project.config, "--model", model, "--data", data,
-                           "--out", tmp_path / "r.json"), "chat template", "bound")
-    assert time.perf_counter() - start < 60
-    assert not (tmp_path / "r.json").exists()
+    one_line_error(run_cli(command, "--config", project.config, "--model", model, "--data", data, "--out", out),
+                   *needles)
+    assert not out.exists()
+    return time.perf_counter() - start
+
+
+def test_template_output_bomb_in_eval_is_refused(project, tmp_path):
+    seconds = refused_template_seconds(project, tmp_path, "{% for m in messages %}{{ m['content'] * 100000 }}{% endfor %}",
+                                       "eval", tmp_path / "r.json", "chat template", "bound")
+    assert seconds < 60
 
 
 def test_template_time_bomb_is_stopped(project, tmp_path, monkeypatch):
     from fraudq import prompts
 
     monkeypatch.setattr(prompts, "TEMPLATE_SECONDS", 0.5)
-    model = copy_model(project, tmp_path)
-    set_template(model, "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
-    data = write_rows(tmp_path / "d.jsonl", rows_of(project.test, 2))
-    start = time.perf_counter()
-    one_line_error(run_cli("calib", "--config", project.config, "--model", model, "--data", data,
-                           "--out", tmp_path / "c.jsonl"), "chat template", "ran longer")
-    assert time.perf_counter() - start < 30
+    seconds = refused_template_seconds(
+        project, tmp_path, "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "calib", tmp_path / "c.jsonl", "chat template", "ran longer")
+    assert seconds < 30
 
 
 def test_template_rejected_by_the_sandbox_is_bad_input(project, tmp_path):
