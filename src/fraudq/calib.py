@@ -60,48 +60,21 @@ def _build(cfg: Config, data: str, out: Path, skip_invalid: bool, log) -> dict:
     dataset = read_jsonl(data, need_label=True, skip_invalid=skip_invalid)
     info = inspect_model(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
     tokenizer = load_tokenizer(info, cfg.trust_remote_code)
-
-    empty = duplicate = 0
-    seen: set[str] = set()
-    texts: list[str] = []
     kept_rows = [row for row in dataset.rows if not is_empty(row)]
     empty = len(dataset.rows) - len(kept_rows)
     rendered = prompts.render_untrusted(tokenizer, [row_messages(row, cfg.instruction) for row in kept_rows],
                                         add_generation_prompt=False, source=str(info.path))
-    for text in rendered:
-        if text in seen:
-            duplicate += 1
-            continue
-        seen.add(text)
-        texts.append(text)
-
+    texts = list(dict.fromkeys(rendered))  # the first of each distinct text, in file order
+    duplicate = len(rendered) - len(texts)
     if not texts:
         raise BadInput(f"{data}: no rows left to calibrate on ({empty} empty, {duplicate} duplicate)")
-    not_sampled = 0
-    if cfg.calib_n and cfg.calib_n < len(texts):
-        keep = sorted(random.Random(cfg.seed).sample(range(len(texts)), cfg.calib_n))
-        not_sampled = len(texts) - len(keep)
-        texts = [texts[i] for i in keep]
+    texts, not_sampled = _sample(texts, cfg.calib_n, cfg.seed)
 
     # The chat template already holds every special token, so the tokenizer must not add more.
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    full_lengths = [len(ids) for ids in encoded]
     token_ids = [ids[: cfg.max_len] for ids in encoded]
-    lengths = sorted(len(ids) for ids in token_ids)
-    stats = {
-        "rows_read": len(dataset.rows) + dataset.skipped,
-        "rows_kept": len(token_ids),
-        "dropped": {"invalid": dataset.skipped, "empty": empty, "duplicate": duplicate, "not_sampled": not_sampled},
-        "format": dataset.format,
-        "tokens": {
-            "total": sum(lengths),
-            "mean": round(sum(lengths) / len(lengths), 1),
-            "p50": percentile(lengths, 0.5),
-            "p99": percentile(lengths, 0.99),
-            "max": lengths[-1],
-        },
-        "truncated": sum(n > cfg.max_len for n in full_lengths),
-    }
+    dropped = {"invalid": dataset.skipped, "empty": empty, "duplicate": duplicate, "not_sampled": not_sampled}
+    stats = _stats(dataset, dropped, token_ids, truncated=sum(len(ids) > cfg.max_len for ids in encoded))
     meta = {
         "stats": stats,
         "data_sha256": dataset.sha256,
@@ -111,14 +84,44 @@ def _build(cfg: Config, data: str, out: Path, skip_invalid: bool, log) -> dict:
         "max_len": cfg.max_len,
         "seed": cfg.seed,
     }
+    _write(out, meta, token_ids)
+    log(format_stats(stats, out))
+    return meta
+
+
+def _sample(texts: list[str], n: int, seed: int) -> tuple[list[str], int]:
+    """`n` of the texts, in file order (all of them when n is 0 or not below their count), and how many were left out."""
+    if not n or n >= len(texts):
+        return texts, 0
+    keep = sorted(random.Random(seed).sample(range(len(texts)), n))
+    return [texts[i] for i in keep], len(texts) - len(keep)
+
+
+def _stats(dataset, dropped: dict, token_ids: list[list[int]], truncated: int) -> dict:
+    lengths = sorted(len(ids) for ids in token_ids)
+    return {
+        "rows_read": len(dataset.rows) + dataset.skipped,
+        "rows_kept": len(token_ids),
+        "dropped": dropped,
+        "format": dataset.format,
+        "tokens": {
+            "total": sum(lengths),
+            "mean": round(sum(lengths) / len(lengths), 1),
+            "p50": percentile(lengths, 0.5),
+            "p99": percentile(lengths, 0.99),
+            "max": lengths[-1],
+        },
+        "truncated": truncated,
+    }
+
+
+def _write(out: Path, meta: dict, token_ids: list[list[int]]) -> None:
     body = "".join(json.dumps({"input_ids": ids}) + "\n" for ids in token_ids)
     # The meta names the exact body it describes, so a run killed between the two renames leaves a pair
     # that read_calibration refuses; the meta goes first, so a killed first run leaves no calibration file.
     meta["calib_sha256"] = hashlib.sha256(body.encode("utf-8")).hexdigest()
     atomic_write_json(meta_path(out), meta)
     atomic_write_text(out, body)
-    log(format_stats(stats, out))
-    return meta
 
 
 def format_stats(stats: dict, out: Path) -> str:

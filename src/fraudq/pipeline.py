@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -57,61 +58,65 @@ def _count_rows(cfg: Config) -> int:
 
 
 def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
-    model = Path(cfg.model)
-    calib = cfg.calib_path
-    compare_dir = cfg.work_path / "compare"
+    return [_calib_stage(cfg, hashes), *(_quantize_stage(cfg, hashes, bits) for bits in BITS),
+            *(_eval_stage(cfg, hashes, name) for name in MODELS), _compare_stage(cfg, hashes, examples)]
 
-    def calib_inputs():
-        return {"model": hashes.model(model), "calib_data": hashes.file(Path(cfg.calib_data)),
+
+def _calib_stage(cfg: Config, hashes: Hashes) -> Stage:
+    calib = cfg.calib_path
+
+    def inputs():
+        return {"model": hashes.model(Path(cfg.model)), "calib_data": hashes.file(Path(cfg.calib_data)),
                 "config": {k: getattr(cfg, k) for k in CALIB_KEYS}}
 
-    def calib_output():
+    def output():
         return hashes.file(calib) if meta_path(calib).is_file() else None
 
-    def run_calib(log, _progress):
-        inputs = calib_inputs()
+    def run(log, _progress):
+        recorded = inputs()
         build_calibration(cfg, cfg.calib_data, calib, force=True, log=log)
         hashes.forget(calib)
-        write_stamp(calib, "calib", inputs, calib_output())
+        write_stamp(calib, "calib", recorded, output())
 
-    stages = [Stage("calib", calib, lambda: stamp_reasons(calib, calib_inputs(), calib_output), run_calib)]
+    return Stage("calib", calib, lambda: stamp_reasons(calib, inputs(), output), run)
 
-    for bits in BITS:
-        out = cfg.quant_dir(bits)
 
-        def quant_inputs(bits=bits):
-            return {"model": hashes.model(model), "calib": hashes.file(calib),
-                    "config": {"bits": bits, **{k: getattr(cfg, k) for k in QUANT_KEYS}}}
+def _quantize_stage(cfg: Config, hashes: Hashes, bits: int) -> Stage:
+    calib, out = cfg.calib_path, cfg.quant_dir(bits)
 
-        def run_quant(log, _progress, bits=bits, out=out):
-            inputs = quant_inputs(bits)
-            quantize_model(cfg, bits, calib, out, force=True, log=log)
-            hashes.forget(out)
-            write_stamp(out, f"quantize-int{bits}", inputs, hashes.model(out))
+    def inputs():
+        return {"model": hashes.model(Path(cfg.model)), "calib": hashes.file(calib),
+                "config": {"bits": bits, **{k: getattr(cfg, k) for k in QUANT_KEYS}}}
 
-        stages.append(Stage(f"quantize-int{bits}", out,
-                            lambda bits=bits, out=out: stamp_reasons(out, quant_inputs(bits), lambda: hashes.model(out)),
-                            run_quant))
+    def run(log, _progress):
+        recorded = inputs()
+        quantize_model(cfg, bits, calib, out, force=True, log=log)
+        hashes.forget(out)
+        write_stamp(out, f"quantize-int{bits}", recorded, hashes.model(out))
 
-    for name in MODELS:
-        def entry(name=name):
-            return resolve(cfg, name)
+    return Stage(f"quantize-int{bits}", out, lambda: stamp_reasons(out, inputs(), lambda: hashes.model(out)), run)
 
-        def eval_reasons(name=name):
-            current = entry(name)
-            return stale_reasons(cfg, current, hashes.file(Path(cfg.test_data)), hashes.model(current.model_path))
 
-        def run_eval(log, progress, name=name):
-            current = entry(name)
-            with claim_results(current.results_path, force=True, reads=(cfg.test_data, current.model_path)):
-                evaluate_model(cfg, str(current.model_path), cfg.test_data, current.results_path, log=log,
-                               progress=progress, model_fingerprint=hashes.model(current.model_path))
-            hashes.forget(current.results_path)
-            hashes.forget(predictions_path(current.results_path))
+def _eval_stage(cfg: Config, hashes: Hashes, name: str) -> Stage:
+    def reasons():
+        entry = resolve(cfg, name)
+        return stale_reasons(cfg, entry, hashes.file(Path(cfg.test_data)), hashes.model(entry.model_path))
 
-        stages.append(Stage(f"eval-{name}", cfg.eval_results_path(name), eval_reasons, run_eval))
+    def run(log, progress):
+        entry = resolve(cfg, name)
+        with claim_results(entry.results_path, force=True, reads=(cfg.test_data, entry.model_path)):
+            evaluate_model(cfg, str(entry.model_path), cfg.test_data, entry.results_path, log=log,
+                           progress=progress, model_fingerprint=hashes.model(entry.model_path))
+        hashes.forget(entry.results_path)
+        hashes.forget(predictions_path(entry.results_path))
 
-    def compare_inputs():
+    return Stage(f"eval-{name}", cfg.eval_results_path(name), reasons, run)
+
+
+def _compare_stage(cfg: Config, hashes: Hashes, examples: int) -> Stage:
+    compare_dir = cfg.work_path / "compare"
+
+    def inputs():
         results = {}
         for name in MODELS:
             path = cfg.eval_results_path(name)
@@ -119,26 +124,25 @@ def build_stages(cfg: Config, hashes: Hashes, examples: int) -> list[Stage]:
         # "report" names the layout of compare.json: a stored report of an older layout is rebuilt.
         return {"results": results, "config": {"seed": cfg.seed, "plots": True, "report": 2}}
 
-    def compare_output():
+    def output():
         return hashes.file(compare_dir / "compare.json")
 
-    def run_compare(log, _progress):
-        inputs = compare_inputs()
+    def run(log, _progress):
+        recorded = inputs()
         compare_models(cfg, list(MODELS), cfg.test_data, compare_dir, examples=examples,
                        plot_dir=compare_dir / "plots", log=log)
         hashes.forget(compare_dir / "compare.json")
-        write_stamp(compare_dir, "compare", inputs, compare_output())
+        write_stamp(compare_dir, "compare", recorded, output())
 
-    def compare_reasons():
+    def reasons():
         # compare writes the fitted thresholds beside int8/ and int4/; a requantized folder has lost its own.
-        reasons = stamp_reasons(compare_dir, compare_inputs(), compare_output)
-        if reasons or "fitted" not in json.loads((compare_dir / "compare.json").read_text(encoding="utf-8")):
-            return reasons
+        stale = stamp_reasons(compare_dir, inputs(), output)
+        if stale or "fitted" not in json.loads((compare_dir / "compare.json").read_text(encoding="utf-8")):
+            return stale
         missing = [f"int{b}" for b in BITS if not threshold_file(cfg.quant_dir(b)).is_file()]
         return [f"threshold file missing in {', '.join(missing)}"] if missing else []
 
-    stages.append(Stage("compare", compare_dir, compare_reasons, run_compare))
-    return stages
+    return Stage("compare", compare_dir, reasons, run)
 
 
 def parse_force(force: Sequence[str]) -> set[str]:
@@ -167,8 +171,11 @@ def deployment_in_vllm(cfg: Config, say, logs: Path) -> list[dict]:
     """Each quantized checkpoint evaluated again under vLLM, where it is installed, and checked row by row."""
     import importlib.util
 
+    def report(line: str) -> None:  # vLLM's refusals are long: wrapped to fit the terminal like the rest
+        say(textwrap.fill(f"deployment check in vLLM: {line}", 118, subsequent_indent="    "))
+
     if importlib.util.find_spec("vllm") is None:
-        say("deployment check in vLLM: skipped, vLLM is not installed (pip install 'fraudq[vllm]'; docs/VLLM.md)")
+        report("skipped, vLLM is not installed (pip install 'fraudq[vllm]'; docs/VLLM.md)")
         return []
     served_cfg = dataclasses.replace(cfg, runtime="vllm")
     checks = []
@@ -181,12 +188,12 @@ def deployment_in_vllm(cfg: Config, say, logs: Path) -> list[dict]:
                     evaluate_model(served_cfg, str(served.model_path), cfg.test_data, served.results_path,
                                    log=lambda *_: None, model_fingerprint=fingerprint_now)
         except BadInput as exc:  # a checkpoint this platform's vLLM cannot serve
-            say(f"deployment check in vLLM: {name} skipped: {exc}")
+            report(f"{name} skipped: {exc}")
             continue
         (_, own), (_, theirs) = read_results(entry.results_path), read_results(served.results_path)
         checks.append(deployment_check(name, own, theirs))
     for line in deployment_lines(checks):
-        say(f"deployment check in vLLM: {line}")
+        report(line)
     return checks
 
 
@@ -209,8 +216,7 @@ def run_pipeline(cfg: Config, force: Sequence[str] = (), examples: int = 0, out=
 def _run_stages(cfg: Config, forced: set[str], examples: int, out, err) -> dict:
     from tqdm import tqdm
 
-    hashes = Hashes(cfg)
-    stages = build_stages(cfg, hashes, examples)
+    stages = build_stages(cfg, Hashes(cfg), examples)
     total_rows = _count_rows(cfg)
     logs = cfg.work_path / "logs"
     ran, skipped = [], []
@@ -225,38 +231,47 @@ def _run_stages(cfg: Config, forced: set[str], examples: int, out, err) -> dict:
             bar.set_description_str(stage.name)
             prefix = f"[{index}/{len(stages)}] {stage.name:<14}"
             reasons = ["forced"] if stage.name in forced else stage.reasons()
-            if not reasons:
+            if reasons:
+                _run_stage(stage, prefix, reasons, logs / f"{stage.name}.log", total_rows, err, say)
+                ran.append(stage.name)
+            else:
                 skipped.append(stage.name)
                 say(f"{prefix} skipped: inputs unchanged")
-                bar.update(1)
-                continue
-            messages: list[str] = []
-            rows_bar = None
-            if stage.name.startswith("eval-"):
-                rows_bar = tqdm(total=total_rows, desc=stage.name, unit="row", file=err, disable=None,
-                                leave=False, position=1, bar_format="           {desc:<14} {n_fmt}/{total_fmt} rows "
-                                "|{bar:20}| {elapsed}<{remaining}, {rate_fmt}")
-            started = time.perf_counter()
-            log_file = logs / f"{stage.name}.log"
-            try:
-                with stage_log(log_file):
-                    stage.run(messages.append, rows_bar.update if rows_bar else None)
-            except BadInput:
-                raise
-            except BaseException:
-                say(f"{prefix} failed; library output is in {shown(log_file)}")
-                raise
-            finally:
-                if rows_bar is not None:
-                    rows_bar.close()
-            ran.append(stage.name)
-            say(f"{prefix} ran ({'; '.join(reasons)}) in {time.perf_counter() - started:.1f} s")
-            for message in messages:
-                say(message if stage.name == "compare" else "    " + message.replace("\n", "\n    "))
             bar.update(1)
     finally:
         bar.close()
+    return _report(cfg, examples, len(stages), ran, skipped, logs, say)
 
+
+def _run_stage(stage: Stage, prefix: str, reasons: list[str], log_file: Path, total_rows: int, err, say) -> None:
+    """Runs one stale stage with library output going to `log_file`, then says why it ran, how long it took and
+    what it logged."""
+    from tqdm import tqdm
+
+    messages: list[str] = []
+    rows_bar = None
+    if stage.name.startswith("eval-"):
+        rows_bar = tqdm(total=total_rows, desc=stage.name, unit="row", file=err, disable=None,
+                        leave=False, position=1, bar_format="           {desc:<14} {n_fmt}/{total_fmt} rows "
+                        "|{bar:20}| {elapsed}<{remaining}, {rate_fmt}")
+    started = time.perf_counter()
+    try:
+        with stage_log(log_file):
+            stage.run(messages.append, rows_bar.update if rows_bar else None)
+    except BadInput:
+        raise
+    except BaseException:
+        say(f"{prefix} failed; library output is in {shown(log_file)}")
+        raise
+    finally:
+        if rows_bar is not None:
+            rows_bar.close()
+    say(f"{prefix} ran ({'; '.join(reasons)}) in {time.perf_counter() - started:.1f} s")
+    for message in messages:
+        say(message if stage.name == "compare" else "    " + message.replace("\n", "\n    "))
+
+
+def _report(cfg: Config, examples: int, stage_count: int, ran: list[str], skipped: list[str], logs: Path, say) -> dict:
     compare_dir = cfg.work_path / "compare"
     table = json.loads((compare_dir / "compare.json").read_text(encoding="utf-8"))
     if "compare" in skipped:  # the table is the point of the run: show the stored one
@@ -265,7 +280,7 @@ def _run_stages(cfg: Config, forced: set[str], examples: int, out, err) -> dict:
             loaded = gather(cfg, list(MODELS), cfg.test_data, say)
             log_examples(loaded, pick_baseline(loaded), examples, cfg.test_data, say)
         log_verdict(table, say)
-    say(f"skipped {len(skipped)} of {len(stages)} stages" + (f" ({', '.join(skipped)})" if skipped else "")
+    say(f"skipped {len(skipped)} of {stage_count} stages" + (f" ({', '.join(skipped)})" if skipped else "")
         + f"; ran {len(ran)}" + (f" ({', '.join(ran)})" if ran else ""))
     deployment_in_vllm(cfg, say, logs)
     say(f"report: {shown(compare_dir / 'compare.md')} (plots in {shown(compare_dir / 'plots')})")

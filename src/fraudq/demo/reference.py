@@ -18,6 +18,7 @@ import transformers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from fraudq.atomic import atomic_dir
+from fraudq.demo.training import length_batches, optimizer_and_schedule, run_steps
 from fraudq.prompts import (
     EVAL_JOINER,
     QWEN2_CHAT_TEMPLATE,
@@ -154,33 +155,6 @@ def _encode(tok, rows: list[dict], max_len: int) -> list[tuple[list[int], int]]:
     return out
 
 
-def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _collate(encoded, idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(encoded[i][0]) for i in idx)
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
-    labels = torch.full((len(idx), width), -100, dtype=torch.long)
-    for row, i in enumerate(idx):
-        seq, start = encoded[i]
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-        labels[row, start : len(seq)] = torch.tensor(seq[start:])
-    return ids, mask, labels
-
-
-def _answer_loss(model, ids, mask, labels) -> torch.Tensor:
-    # lm_head only on the few positions that predict answer tokens: the qwen vocab is 151,936 wide.
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != -100
-    logits = model.lm_head(hidden[:, :-1][keep]).float()
-    return torch.nn.functional.cross_entropy(logits, targets[keep])
-
-
 def _save_atomic(model, tok, out_dir: Path, dtype: torch.dtype) -> None:
     model = model.to(device="cpu", dtype=dtype)
     model.generation_config = transformers.GenerationConfig(
@@ -217,6 +191,47 @@ def _pick_device(preset: dict, device: str | None) -> str:
     return preset["device"]
 
 
+def _resolve_preset(preset: str | dict, layers: int | None) -> tuple[dict, str]:
+    """The preset's spec and its name."""
+    if isinstance(preset, dict):  # a preset defined elsewhere (the benchmark scripts' Qwen2 shapes)
+        spec, name = preset, preset["name"]
+    elif preset in PRESETS:
+        spec, name = PRESETS[preset], preset
+    else:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    if layers:  # a slice of the preset's shape: same widths, fewer layers, for quick speed sweeps
+        spec = {**spec, "model": {**spec["model"], "num_hidden_layers": layers}}
+    return spec, name
+
+
+def _untrained(spec: dict, rows: list[dict], seed: int, name: str, log):
+    """The preset's tokenizer and its model at random init, seeded."""
+    tok = build_tokenizer("tiny", _tiny_corpus(rows)) if spec["tokenizer"] == "tiny" else spec["tokenizer"]()
+    config = _model_config(spec, tok)
+    tok.model_max_length = config.max_position_embeddings
+    torch.manual_seed(seed)
+    # Built on CPU in float32 so the initial weights are the same whatever device trains them.
+    model = transformers.Qwen2ForCausalLM(config)
+    log(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, vocab {config.vocab_size}")
+    return tok, model
+
+
+def _train(model, tok, rows: list[dict], spec: dict, epochs: float, seed: int, device: str, max_len: int,
+           log) -> tuple[int, list[dict]]:
+    """Trains `model` in place on `rows`' answers; returns the step count and the loss history."""
+    model.to(device)
+    model.train()
+    encoded = _encode(tok, rows, max_len)
+    batches = length_batches([len(e[0]) for e in encoded], spec["batch_size"])
+    steps = max(1, math.ceil(epochs * len(batches)))
+    opt, sched = optimizer_and_schedule(model, spec["lr"], steps)
+    train_started = time.perf_counter()
+    history = run_steps(model, opt, sched, encoded, batches, steps, random.Random(seed), device, tok.pad_token_id, log)
+    log(f"trained {steps} steps in {time.perf_counter() - train_started:.1f}s on {device}")
+    model.eval()
+    return steps, history
+
+
 def train_reference(
     preset: str | dict,
     rows: list[dict],
@@ -228,85 +243,21 @@ def train_reference(
     log=print,
     layers: int | None = None,
 ) -> dict:
-    if isinstance(preset, dict):  # a preset defined elsewhere (the benchmark scripts' Qwen2 shapes)
-        spec, preset = preset, preset["name"]
-    elif preset in PRESETS:
-        spec = PRESETS[preset]
-    else:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    if layers:  # a slice of the preset's shape: same widths, fewer layers, for quick speed sweeps
-        spec = {**spec, "model": {**spec["model"], "num_hidden_layers": layers}}
+    spec, name = _resolve_preset(preset, layers)
     epochs = spec["epochs"] if epochs is None else float(epochs)
     device = _pick_device(spec, device)
     started = time.perf_counter()
-
-    tok = build_tokenizer("tiny", _tiny_corpus(rows)) if spec["tokenizer"] == "tiny" else spec["tokenizer"]()
-    config = _model_config(spec, tok)
-    tok.model_max_length = config.max_position_embeddings
-    torch.manual_seed(seed)
-    # Built on CPU in float32 so the initial weights are the same whatever device trains them.
-    model = transformers.Qwen2ForCausalLM(config)
-    log(f"{preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, vocab {config.vocab_size}")
-
-    history: list[dict] = []
-    steps = 0
+    tok, model = _untrained(spec, rows, seed, name, log)
+    steps, history = 0, []
     if epochs > 0 and rows:
-        model.to(device)
-        model.train()
-        encoded = _encode(tok, rows, max_len)
-        batches = _batches([len(e[0]) for e in encoded], spec["batch_size"])
-        steps = max(1, math.ceil(epochs * len(batches)))
-        warmup = max(1, steps // 10)
-        decay, no_decay = [], []
-        for p in model.parameters():
-            (no_decay if p.ndim < 2 else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=spec["lr"],
-            betas=(0.9, 0.95),
-        )
-        # Linear warmup, then cosine down to a tenth of the peak.
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt,
-            lambda s: (s + 1) / warmup
-            if s < warmup
-            else 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))),
-        )
-        rng = random.Random(seed)
-        autocast = device.startswith("cuda")
-        pad_id = tok.pad_token_id
-        log_every = max(1, min(20, steps // 20))
-        window: list[float] = []
-        order: list[list[int]] = []
-        train_started = time.perf_counter()
-        for step in range(steps):
-            if not order:
-                order = list(batches)
-                rng.shuffle(order)
-            ids, mask, labels = (t.to(device) for t in _collate(encoded, order.pop(), pad_id))
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                loss = _answer_loss(model, ids, mask, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            window.append(loss.item())
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                mean = sum(window) / len(window)
-                window = []
-                epoch = (step + 1) / len(batches)
-                history.append({"step": step + 1, "epoch": round(epoch, 3), "loss": round(mean, 5)})
-                log(f"step {step + 1}/{steps} epoch {epoch:.2f} loss {mean:.4f} lr {sched.get_last_lr()[0]:.2e}")
-        log(f"trained {steps} steps in {time.perf_counter() - train_started:.1f}s on {device}")
-        model.eval()
+        steps, history = _train(model, tok, rows, spec, epochs, seed, device, max_len, log)
 
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if steps and device.startswith("cuda") else None
     _save_atomic(model, tok, Path(out_dir), spec["save_dtype"])
     wall = time.perf_counter() - started
     log(f"saved {out_dir} ({wall:.1f}s)")
     return {
-        "preset": preset,
+        "preset": name,
         "seed": seed,
         "epochs": epochs,
         "device": device,

@@ -187,19 +187,29 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         run = run_vllm(cfg, info, built)
     else:
         run = run_hf(cfg, info, tokenizer, built, device, log, progress, wrap_scorer)
-    outputs = run.outputs
-
-    labels = [r.label for r in rows]
-    if cfg.mode == "score":
-        scores = [outputs[i] for i in range(len(rows))]
-        preds = [s > cfg.threshold for s in scores]
-        answers = [None] * len(rows)
-    else:
-        answers = [outputs[i] for i in range(len(rows))]
-        preds = [parse_answer(a) for a in answers]
-        scores = [None] * len(rows)
-    counts = confusion(labels, preds)
+    scores, preds, answers = _predictions(cfg, run.outputs, len(rows))
     result = {
+        **_provenance(cfg, info, dataset, built, run, device, model_fingerprint, threshold_source),
+        **_measurements(cfg, info, run, device, [r.label for r in rows], preds, scores),
+    }
+    write_results(out, result, predictions_text(rows, preds, scores, answers))
+    log(format_result(result, out))
+    return result
+
+
+def _predictions(cfg: Config, outputs: dict, row_count: int) -> tuple[list, list[bool], list]:
+    """(scores, predictions, answers) in row order: margins in score mode, parsed answers in generate mode."""
+    if cfg.mode == "score":
+        scores = [outputs[i] for i in range(row_count)]
+        return scores, [s > cfg.threshold for s in scores], [None] * row_count
+    answers = [outputs[i] for i in range(row_count)]
+    return [None] * row_count, [parse_answer(a) for a in answers], answers
+
+
+def _provenance(cfg: Config, info: ModelInfo, dataset: Dataset, built: Prompts, run: Run, device: str,
+                model_fingerprint: str | None, threshold_source: dict | None) -> dict:
+    """The results file's first half: what was evaluated, on which data, with which settings."""
+    return {
         "model": str(info.path),
         "model_fingerprint": model_fingerprint or fingerprint(info),
         "quantization": info.quant,
@@ -209,12 +219,20 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "dtype_setting": cfg.dtype,
         "data": str(dataset.path),
         "data_sha256": dataset.sha256,
-        "rows": len(rows),
+        "rows": len(dataset.rows),
         "skipped_invalid": dataset.skipped,
         "truncated_rows": built.truncated,
         "eval_config": {k: getattr(cfg, k) for k in PROMPT_KEYS},
         "threshold": cfg.threshold if cfg.mode == "score" else None,
         "threshold_source": (threshold_source or {"from": "config"}) if cfg.mode == "score" else None,
+    }
+
+
+def _measurements(cfg: Config, info: ModelInfo, run: Run, device: str, labels: list, preds: list[bool],
+                  scores: list) -> dict:
+    """The results file's second half: how the run went, its quality, speed, memory and the checkpoint's size."""
+    counts = confusion(labels, preds)
+    return {
         "batching": run.batching,
         "device": device,
         "fused_kernels": run.fused,
@@ -223,7 +241,7 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "confusion": counts,
         **rates(counts),
         "auc": roc_auc(labels, scores) if cfg.mode == "score" else None,
-        "samples_per_s": round(len(rows) / run.wall_s, 2) if run.wall_s > 0 else None,
+        "samples_per_s": round(len(labels) / run.wall_s, 2) if run.wall_s > 0 else None,
         "wall_s": round(run.wall_s, 3),
         "load_s": round(run.load_s, 3),
         "warmup_s": round(run.warmup_s, 3),
@@ -231,6 +249,3 @@ def evaluate_model(cfg: Config, model_path: str, data: str, out: Path, skip_inva
         "memory": peak_memory(device),
         "size_bytes": dir_size(info.path),
     }
-    write_results(out, result, predictions_text(rows, preds, scores, answers))
-    log(format_result(result, out))
-    return result

@@ -18,6 +18,7 @@ library path end to end.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 
@@ -115,6 +116,39 @@ def _layer_output(result):
     return result[0] if isinstance(result, tuple) else result
 
 
+class _Clock:
+    """Seconds per stage of quantize_layers. Each lap syncs, so GPU work lands in the stage that queued it; a few
+    laps per layer, never inside the forward's hooks."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stages = {"capture_s": 0.0, "forward_s": 0.0, "hessian_s": 0.0, "solve_s": 0.0, "pack_s": 0.0}
+
+    def lap(self, stage: str, since: float, exclude: float = 0.0) -> float:
+        """Charges `stage` with the time since `since`, less `exclude` (the Hessian time that _Spans measured inside
+        a forward); returns now."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.stages[stage] += now - since - exclude
+        return now
+
+
+@dataclasses.dataclass
+class _Job:
+    """What every layer's solve reads, and the per-module rows it appends."""
+
+    qcfg: object
+    device: torch.device
+    tf32: bool
+    chunk_tokens: int
+    clock: _Clock
+    states: list[tuple]  # per batch: the current layer's input hidden states and keyword arguments
+    keep: list[torch.Tensor]  # per batch: flat positions of the real tokens, padding excluded
+    graphs: dict | None  # the solve's CUDA graphs, reused across layers; None on CPU
+    rows: list[dict] = dataclasses.field(default_factory=list)
+
+
 @torch.no_grad()
 def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int, tf32: bool, pad_id: int, *,
                     chunk_tokens: int, progress=None) -> dict:
@@ -125,73 +159,81 @@ def quantize_layers(gptq_model, token_ids, qcfg, device: str, batch_tokens: int,
     """
     device = torch.device(device)
     hf_model = gptq_model.model
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)  # noqa: E731
-    stages = {"capture_s": 0.0, "forward_s": 0.0, "hessian_s": 0.0, "solve_s": 0.0, "pack_s": 0.0}
-
-    def clock(stage=None, since=None, exclude=0.0):
-        # Syncs so GPU work lands in the stage that queued it; a few times per layer, never inside the forward's
-        # hooks. Hessian time, measured there by _Spans, is `exclude`d from forward_s.
-        sync()
-        now = time.perf_counter()
-        if stage:
-            stages[stage] += now - since - exclude
-        return now
-
+    clock = _Clock(device)
     start = time.perf_counter()
     batches = calibration_batches(token_ids, batch_tokens, pad_id)
     keep = [batch["keep"].to(device) for batch in batches]
     states = capture_layer_inputs(hf_model, batches, device)
-    start = clock("capture_s", start)
+    clock.lap("capture_s", start)
     subsets = gptqmodel_api.layer_subsets(gptq_model, qcfg)
     if not qcfg.true_sequential:
         subsets = [[name for subset in subsets for name in subset]]
     layers = hf_model.model.layers
     prefix = gptqmodel_api.layers_prefix(gptq_model)
-    graphs = {} if device.type == "cuda" else None
-    rows, lock = [], threading.Lock()
+    job = _Job(qcfg, device, tf32, chunk_tokens, clock, states, keep, {} if device.type == "cuda" else None)
+    lock = threading.Lock()
     for layer_index, layer in enumerate(layers):
         layer.to(device)
         for subset in subsets:
-            start, spans = time.perf_counter(), _Spans(device)
-            hessians = _subset_hessians(layer, subset, states, keep, tf32, chunk_tokens, spans)
-            hessian_s = spans.seconds()
-            stages["hessian_s"] += hessian_s
-            start = clock("forward_s", start, exclude=hessian_s)
-            for names, (H, nsamples) in hessians.items():
-                stacked = torch.cat([layer.get_submodule(n).weight.data for n in names])
-                Q, scale, zero, g_idx, loss_rows, damp = gptq_solve(stacked, H, qcfg, graphs,
-                                                                   name=f"{layer_index}.{names[0]}")
-                offset = 0
-                for n in names:
-                    module = layer.get_submodule(n)
-                    height = module.weight.shape[0]
-                    module.weight.data = Q[offset:offset + height]
-                    module._fraudq_quant = (scale[offset:offset + height].cpu(), zero[offset:offset + height].cpu(),
-                                            g_idx.cpu().clone())  # shared tensors would be deduplicated on save
-                    rows.append({"layer": layer_index, "module": n,
-                                 "loss": float(loss_rows[offset:offset + height].sum()) / nsamples,
-                                 "samples": nsamples, "damp": damp})
-                    offset += height
-            start = clock("solve_s", start)
+            _quantize_subset(job, layer_index, layer, subset)
         start = time.perf_counter()
-        for index, (hidden, kwargs) in enumerate(states):
-            states[index] = (_layer_output(layer(hidden, **kwargs)), kwargs)
-        start = clock("forward_s", start)
+        _advance_states(states, layer)
+        start = clock.lap("forward_s", start)
         layer.to("cpu")
         for subset in subsets:
             for n in subset:
-                full_name = f"{prefix}.{layer_index}.{n}"
-                linear = hf_model.get_submodule(full_name)
-                scale, zero, g_idx = linear._fraudq_quant
-                del linear._fraudq_quant
-                gptqmodel_api.pack_linear(gptq_model, full_name, linear, scale, zero, g_idx, qcfg, lock)
-        clock("pack_s", start)
+                _pack(gptq_model, f"{prefix}.{layer_index}.{n}", qcfg, lock)
+        clock.lap("pack_s", start)
         if progress:
             progress(layer_index + 1, len(layers))
-    return {"stages": {k: round(v, 3) for k, v in stages.items()}, "modules": rows,
+    return {"stages": {k: round(v, 3) for k, v in clock.stages.items()}, "modules": job.rows,
             "batching": {"batch_tokens": batch_tokens, "batches": len(batches),
                          "padded_tokens": sum(b["input_ids"].numel() for b in batches),
                          "tokens": sum(int(b["keep"].numel()) for b in batches)}}
+
+
+def _quantize_subset(job: _Job, layer_index: int, layer, subset: list[str]) -> None:
+    """Hessians of `subset`'s inputs from one partial forward per batch, then one solve per distinct input."""
+    start, spans = time.perf_counter(), _Spans(job.device)
+    hessians = _subset_hessians(layer, subset, job.states, job.keep, job.tf32, job.chunk_tokens, spans)
+    hessian_s = spans.seconds()
+    job.clock.stages["hessian_s"] += hessian_s
+    start = job.clock.lap("forward_s", start, exclude=hessian_s)
+    for names, (H, nsamples) in hessians.items():
+        _solve_stacked(job, layer_index, layer, names, H, nsamples)
+    job.clock.lap("solve_s", start)
+
+
+def _solve_stacked(job: _Job, layer_index: int, layer, names: tuple, H, nsamples: int) -> None:
+    """Solves the modules `names`, which share the Hessian H, as one stacked weight; each gets its own rows back."""
+    stacked = torch.cat([layer.get_submodule(n).weight.data for n in names])
+    Q, scale, zero, g_idx, loss_rows, damp = gptq_solve(stacked, H, job.qcfg, job.graphs,
+                                                       name=f"{layer_index}.{names[0]}")
+    offset = 0
+    for n in names:
+        module = layer.get_submodule(n)
+        height = module.weight.shape[0]
+        module.weight.data = Q[offset:offset + height]
+        module._fraudq_quant = (scale[offset:offset + height].cpu(), zero[offset:offset + height].cpu(),
+                                g_idx.cpu().clone())  # shared tensors would be deduplicated on save
+        job.rows.append({"layer": layer_index, "module": n,
+                         "loss": float(loss_rows[offset:offset + height].sum()) / nsamples,
+                         "samples": nsamples, "damp": damp})
+        offset += height
+
+
+def _advance_states(states: list[tuple], layer) -> None:
+    """Replaces each batch's hidden states with the quantized layer's output: the next layer's input."""
+    for index, (hidden, kwargs) in enumerate(states):
+        states[index] = (_layer_output(layer(hidden, **kwargs)), kwargs)
+
+
+def _pack(gptq_model, full_name: str, qcfg, lock: threading.Lock) -> None:
+    """Packs one solved linear into GPTQModel's format with the scales and zeros its solve left on it."""
+    linear = gptq_model.model.get_submodule(full_name)
+    scale, zero, g_idx = linear._fraudq_quant
+    del linear._fraudq_quant
+    gptqmodel_api.pack_linear(gptq_model, full_name, linear, scale, zero, g_idx, qcfg, lock)
 
 
 def _subset_hessians(layer, subset, states, keep, tf32: bool, chunk_tokens: int, spans: _Spans) -> dict:
