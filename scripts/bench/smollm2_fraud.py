@@ -403,42 +403,13 @@ def encode(tok, rows: list[dict], max_len: int) -> list[tuple[list[int], int]]:
     return out
 
 
-def length_batches(lengths: list[int], batch: int) -> list[list[int]]:
-    """Rows sorted by length, `batch` at a time: little padding, and the same batches for the same data."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i : i + batch] for i in range(0, len(order), batch)]
-
-
-def collate(encoded, idx: list[int], pad_id: int):
-    import torch
-
-    width = max(len(encoded[i][0]) for i in idx)
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
-    labels = torch.full((len(idx), width), -100, dtype=torch.long)
-    for row, i in enumerate(idx):
-        seq, start = encoded[i]
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-        labels[row, start : len(seq)] = torch.tensor(seq[start:])
-    return ids, mask, labels
-
-
-def answer_loss(model, ids, mask, labels):
-    """Cross-entropy on the answer tokens only; the 49,152-wide lm_head runs at those few positions alone."""
-    import torch
-
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != -100
-    logits = model.lm_head(hidden[:, :-1][keep]).float()
-    return torch.nn.functional.cross_entropy(logits, targets[keep])
-
-
 def finetune(base: Path, train: Path, out: Path, seed: int = 0, rows: int = 0, max_len: int = 1024,
              steps: int = 0, epochs: float = 2.0, lr: float = 1e-4, batch: int = 16, device: str = "cpu",
              freeze_embeddings: bool = False, instruction: str = "default", dtype: str = "float16",
              max_seconds: float = 0, log=print) -> dict:
+    # The reference model's own training pieces (fraudq.demo.training), the same for both models.
+    from fraudq.demo.training import answer_loss, collate, length_batches
+
     for name, value in (("--max-len", max_len), ("--batch", batch)):
         if value < 1:
             raise BadArgs(f"{name} must be at least 1, got {value}")
