@@ -99,31 +99,48 @@ def test_stacked_solve_matches_gptqmodel_per_module_in_every_setting(bits, sym, 
         assert (ours[2] == 0).any() and (ours[2] == maxq).any()  # both ends of the zero-point range exercised
 
 
-@pytest.mark.parametrize("bits,settings", [
-    (4, []),
-    (4, ["--no-sym", "--group-size", "32"]),
-    (3, ["--no-sym", "--no-true-sequential"]),
-    (8, ["--no-sym", "--group-size", "-1"]),
-], ids=["int4-sym", "int4-asym-g32", "int3-asym-not-sequential", "int8-asym-per-channel"])
-def test_engine_writes_the_library_checkpoint_bit_for_bit_at_one_row_per_batch(quantized, tmp_path, bits, settings):
-    """Without padding the forwards are the library's, so every saved tensor must be equal. Rows of three
-    dialogues each (~450 tokens): long enough that the CPU BLAS blocks X^T X, where rounding orders part.
-    Asymmetric zero points, 3-bit packing and one solve per layer (true-sequential off) are held too."""
+@pytest.fixture(scope="module")
+def long_calib(quantized, tmp_path_factory):
+    """16 calibration rows of three dialogues each (~450 tokens)."""
     from fraudq.demo.synth import generate_dialogues, write_jsonl
 
+    root = tmp_path_factory.mktemp("long-calib")
     dialogues = generate_dialogues(48, seed=5)
     rows = [{**first, "input": "\n".join(d["input"] for d in (first, second, third))}
             for first, second, third in zip(dialogues[0::3], dialogues[1::3], dialogues[2::3])]
-    write_jsonl(tmp_path / "long.jsonl", rows)
-    calib = tmp_path / "calib.jsonl"
-    result = run_cli("calib", "--config", quantized.config, "--data", tmp_path / "long.jsonl", "--n", "16",
-                     "--out", calib)
+    write_jsonl(root / "long.jsonl", rows)
+    calib = root / "calib.jsonl"
+    result = run_cli("calib", "--config", quantized.config, "--data", root / "long.jsonl", "--n", "16", "--out", calib)
     assert result.exit_code == 0, result.output
     assert json.loads(calib.with_name("calib.jsonl.meta.json").read_text())["stats"]["tokens"]["mean"] > 300
+    return calib
+
+
+def _engine_settings() -> list:
+    """Every setting the engine accepts: bits x symmetry x group size, with true-sequential off for groups 64 and
+    -1 and on for 32 and 128, so each bits-and-symmetry pair is held both ways."""
+    cases = []
+    for bits in (2, 3, 4, 8):
+        for sym in (True, False):
+            for group in (32, 64, 128, -1):
+                sequential = group in (32, 128)
+                flags = ["--sym" if sym else "--no-sym", "--group-size", str(group),
+                         "--true-sequential" if sequential else "--no-true-sequential"]
+                name = f"int{bits}-{'sym' if sym else 'asym'}-g{group}-{'seq' if sequential else 'one-solve'}"
+                cases.append(pytest.param(bits, flags, id=name))
+    return cases
+
+
+@pytest.mark.parametrize("bits,settings", _engine_settings())
+def test_engine_writes_the_library_checkpoint_bit_for_bit_at_one_row_per_batch(quantized, long_calib, tmp_path, bits,
+                                                                               settings):
+    """Without padding the forwards are the library's, so every saved tensor must be equal. Rows of three
+    dialogues each (~450 tokens): long enough that the CPU BLAS blocks X^T X, where rounding orders part.
+    Asymmetric zero points, 2- and 3-bit packing and one solve per layer (true-sequential off) are held too."""
     outs = {}
     for engine, flags in (("gptqmodel", ["--batch-size", "1"]), ("fraudq", ["--batch-tokens", "1"])):
         outs[engine] = tmp_path / engine
-        result = run_cli("quantize", "--bits", str(bits), *settings, "--config", quantized.config, "--calib", calib,
+        result = run_cli("quantize", "--bits", str(bits), *settings, "--config", quantized.config, "--calib", long_calib,
                          "--engine", engine, *flags, "--out", outs[engine])
         assert result.exit_code == 0, result.output
     ours, theirs = (load_file(outs[e] / "model.safetensors") for e in ("fraudq", "gptqmodel"))
