@@ -16,6 +16,9 @@ from fraudq.runtime import compute_dtype, dir_size, resolve_device
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "qwen.tiktoken")
+# What turns a dialogue into the token ids a model sees: its vocabulary, merges, settings and chat template.
+PROMPT_FILES = (*TOKENIZER_FILES, "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
 @dataclass
@@ -227,11 +230,13 @@ def kernel_for(quant: dict, device: str, backend: str) -> str:
 
 
 def fingerprint(info: ModelInfo) -> str:
-    """sha256 over the files the weight loader opens (config, index, the shards it names): names the exact
-    model an eval result belongs to; a file the loader never opens does not change it."""
+    """sha256 over the files the weight loader opens (config, index, the shards it names) and the tokenizer's
+    files (a new chat template changes every prompt): names the exact model an eval result belongs to; a file
+    neither opens does not change it."""
     digest = hashlib.sha256()
     index = [info.path / SAFETENSORS_INDEX] if (info.path / SAFETENSORS_INDEX).is_file() else []
-    for file in [info.path / "config.json", *index, *info.weight_files]:
+    prompt_files = [info.path / name for name in PROMPT_FILES if (info.path / name).is_file()]
+    for file in [info.path / "config.json", *index, *info.weight_files, *prompt_files]:
         digest.update(file.name.encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):

@@ -253,7 +253,7 @@ def shard(model: Path) -> list[Path]:
     return [model / file for file in parts]
 
 
-def test_changed_shard_named_by_the_index_is_evaluated_again(project, tmp_path):
+def test_changed_shard_or_chat_template_is_evaluated_again(project, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -276,6 +276,10 @@ def test_changed_shard_named_by_the_index_is_evaluated_again(project, tmp_path):
     state[name] = state[name] + torch.ones_like(state[name])
     save_file(state, shards[1], metadata={"format": "pt"})
     assert compare(), "a changed shard must make the stored result stale"
+    assert not compare()
+    template = model / "chat_template.jinja"
+    template.write_text(template.read_text(encoding="utf-8").replace("<|im_start|>", "<|im_start|> "), encoding="utf-8")
+    assert compare(), "a changed chat template changes every prompt: the stored result must be stale"
 
 
 # ---------------------------------------------------------------- checked before the work
