@@ -25,7 +25,8 @@ QWEN2_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# The original notebook's eval joined instruction and dialogue with one newline; its calibration file used two.
+# Eval and training prompts join instruction and dialogue with one newline; calibration rows built from labelled
+# data use two, as the chat-format calibration file does.
 EVAL_JOINER = "\n"
 CALIB_JOINER = "\n\n"
 

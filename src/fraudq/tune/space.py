@@ -24,7 +24,7 @@ from fraudq.config import Config, load_toml
 from fraudq.errors import BadInput
 from fraudq.quant.quantize import VALID_BITS, linear_in_features
 
-REFERENCE_GROUPS = (128, 64, 32, 16)  # the original recipe's group: 128, or the largest of these the widths allow
+REFERENCE_GROUPS = (128, 64, 32, 16)  # GPTQ's default group, 128, or the largest of these the widths allow
 SPACES = ("auto", "cpu", "full")
 
 
@@ -84,7 +84,7 @@ def layer_count(model_config: dict) -> int:
 
 
 def reference(model_config: dict) -> Recipe:
-    """The original recipe: 4-bit, group 128 (or the largest valid), damp 0.01, symmetric, plain order."""
+    """The reference recipe, GPTQ's defaults: 4-bit, group 128 (or the largest valid), damp 0.01, symmetric, plain order."""
     group = next((g for g in REFERENCE_GROUPS if widths_allow(model_config, g)), -1)
     return Recipe(bits=4, group_size=group, damp=0.01, sym=True)
 
