@@ -108,7 +108,7 @@ def quantize(bits: Annotated[int, typer.Option("--bits", help="2, 3, 4 or 8.")],
              batch_size: Annotated[Optional[int], typer.Option(
                  "--batch-size", help="Calibration rows per forward (--engine gptqmodel).")] = None,
              engine: Annotated[Optional[str], typer.Option(
-                 "--engine", help="fraudq (fast driver) or gptqmodel (the library's own loop).")] = None,
+                 "--engine", help="fraudq (fraudq's batched engine) or gptqmodel (the library's own loop).")] = None,
              batch_tokens: Annotated[Optional[int], typer.Option(
                  "--batch-tokens", help="Padded calibration tokens per forward (--engine fraudq).")] = None,
              device: Device = None, force: Force = False, trust_remote_code: TrustRemoteCode = None,

@@ -11,7 +11,7 @@ the lazy-batch column update, `pack_module`, `save`) and changes only how the wo
 - a subset's forward stops at its last module's input;
 - on CUDA each 128-column block of the solve is one replayed CUDA graph, and X^T X runs in TF32 over
   1,024-token products summed in fp32.
-The column solve itself is solve.py; `tests/quant/test_gptq_fast.py` holds both to the library's own solve and to the
+The column solve itself is solve.py; `tests/quant/test_engine.py` holds both to the library's own solve and to the
 library path end to end.
 """
 
