@@ -29,9 +29,10 @@ def load_runs(paths: list[Path]) -> list[dict]:
     return runs
 
 
-def save(fig, ax, path: Path) -> Path:
-    ax.grid(alpha=0.3)
-    ax.legend()
+def save(fig, path: Path, *axes) -> Path:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -55,7 +56,7 @@ def plot_rows(runs: list[dict], out: Path) -> Path | None:
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.set_title(f"fraudq quantize int4, {preset}\n{runs[0]['card']}, {runs[0]['date']}", fontsize=10)
-    return save(fig, ax, out / "scaling_rows.png")
+    return save(fig, out / "scaling_rows.png", ax)
 
 
 def plot_shape(runs: list[dict], out: Path) -> Path | None:
@@ -77,15 +78,9 @@ def plot_shape(runs: list[dict], out: Path) -> Path | None:
         axis.set_ylabel(label)
         axis.set_xlim(0, points[-1][0] * 1.35)  # room for the last label
         axis.set_ylim(bottom=0)
-        axis.grid(alpha=0.3)
-        axis.legend()
     fig.suptitle(f"fraudq quantize int4, {most} calibration rows; random-init weights\n"
                  f"{runs[0]['card']}, {runs[0]['date']}", fontsize=10)
-    fig.tight_layout()
-    path = out / "scaling_shape.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, out / "scaling_shape.png", ax, mem)
 
 
 def main() -> None:

@@ -29,11 +29,14 @@ def unpack(words: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     return values.reshape(words.shape[0], words.shape[1] * per_word)  # qzeros [groups, out / per_word]
 
 
+def zero_points(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    return (unpack(packed, bits, 1) + 1) & ((1 << bits) - 1)  # v1 stores zero - 1
+
+
 def dequantized(tensors: dict, prefix: str, bits: int) -> torch.Tensor:
     """The [out, in] weight that module `prefix`'s packed tensors stand for."""
-    maxq = (1 << bits) - 1
     q = unpack(tensors[prefix + ".qweight"], bits, 0)
-    zeros = (unpack(tensors[prefix + ".qzeros"], bits, 1) + 1) & maxq  # v1 stores zero - 1
+    zeros = zero_points(tensors[prefix + ".qzeros"], bits)
     scales = tensors[prefix + ".scales"].float()
     groups = tensors[prefix + ".g_idx"].long()
     return ((q - zeros[groups]).float() * scales[groups]).T.contiguous()
@@ -68,8 +71,7 @@ def test_asymmetric_checkpoint_reloads_to_its_own_weights_in_every_cpu_loader(qu
     config = json.loads((out / "config.json").read_text())["quantization_config"]
     assert config["sym"] is False and config["bits"] == bits
     oracle, tensors = oracle_model(quantized.model, out, bits)
-    maxq = (1 << bits) - 1
-    zeros = torch.cat([((unpack(v, bits, 1) + 1) & maxq).flatten() for k, v in tensors.items() if k.endswith(".qzeros")])
+    zeros = torch.cat([zero_points(v, bits).flatten() for k, v in tensors.items() if k.endswith(".qzeros")])
     assert zeros.float().std() > 0  # really asymmetric: zero points spread, not all at the symmetric midpoint
 
     torch.manual_seed(0)

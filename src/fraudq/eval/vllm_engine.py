@@ -98,7 +98,7 @@ def _output_to(log_file: str):
                                   else sys.__stderr__)
 
 @contextlib.contextmanager
-def log_session(log_file):
+def vllm_output_log(log_file):
     """vLLM's output (its imports included) goes to the log for the whole call. A temporary log is removed
     afterwards unless a failure's message names it."""
     path = _log_path(log_file)

@@ -12,7 +12,7 @@ which imports the caller's main module again, so a script calling these function
 from __future__ import annotations
 
 from fraudq.errors import BadInput
-from fraudq.eval.vllm_engine import Engine, VllmFailed, import_vllm, log_session, serve, visible_gpus
+from fraudq.eval.vllm_engine import Engine, VllmFailed, import_vllm, serve, visible_gpus, vllm_output_log
 
 __all__ = ["VllmFailed", "check_servable", "generate_with_vllm", "score_with_vllm", "vllm_platform"]
 
@@ -149,7 +149,7 @@ def score_with_vllm(model_dir, prompts: list[str], true_word: str = " true", fal
     on CUDA). vLLM's output goes to `log_file` (when None, a temporary file, removed unless a failure names it).
     `report`, when given, is filled with what a results file records (see _fill).
     """
-    with log_session(log_file) as log:
+    with vllm_output_log(log_file) as log:
         engine, tokenizer = _prepare(model_dir, log, tensor_parallel_size, data_parallel_size, pipeline_parallel_size,
                                      distributed_executor_backend, dtype, kv_cache_gib, enforce_eager)
         prompt_ids = tokenizer([p + answer_prefix for p in prompts], add_special_tokens=False)["input_ids"]
@@ -198,7 +198,7 @@ def generate_with_vllm(model_dir, prompts: list[str], max_new_tokens: int = 16, 
     score_with_vllm."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise BadInput(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    with log_session(log_file) as log:
+    with vllm_output_log(log_file) as log:
         engine, tokenizer = _prepare(model_dir, log, tensor_parallel_size, data_parallel_size, pipeline_parallel_size,
                                      distributed_executor_backend, dtype, kv_cache_gib, enforce_eager)
         if not prompts:
